@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""
+SFNet / SFNet-Lite training and evaluation with detectron2.
+
+    python projects/SFNet/train_net.py --config-file configs/cityscapes/semantic/sfnet_R18.yaml
+    python projects/SFNet/train_net.py --config-file ... --eval-only MODEL.WEIGHTS model.pth
+    python projects/SFNet/train_net.py --config-file ... --resume          # continue a killed run
+    python projects/SFNet/train_net.py --config-file ... --num-gpus 8      # DDP (CPU: N processes over gloo)
+
+Every detectron2 flag works (--num-machines, --machine-rank, --dist-url, KEY VALUE overrides).
+"""
+import logging
+import os
+import sys
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import CityscapesSemSegEvaluator, SemSegEvaluator, verify_results
+from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.solver import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils.logger import setup_logger
+
+import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and datasets)
+from sfnet_d2 import add_sfnet_config
+from sfnet_d2.data import SFNetSemanticDatasetMapper
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer with SFNet's data mapper, evaluators, poly LR and SGD."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
+        choice = cfg.TEST.SFNET_EVALUATOR
+        if choice == "cityscapes" or (choice == "auto" and evaluator_type == "cityscapes_sem_seg"):
+            # cityscapesscripts' official metric (class IoU and iIoU); single machine only.
+            return CityscapesSemSegEvaluator(dataset_name)
+        if choice in ("sem_seg", "auto"):
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        raise ValueError(
+            f"TEST.SFNET_EVALUATOR={choice!r} is not one of 'auto', 'sem_seg', 'cityscapes'"
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=SFNetSemanticDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=SFNetSemanticDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # WarmupPolyLR: lr = base * (1 - iter / max_iter) ** SOLVER.POLY_LR_POWER, per iteration.
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        # Official recipe: SGD, momentum 0.9, weight decay on every parameter (BN and biases
+        # included) - detectron2's defaults reproduce it with WEIGHT_DECAY_NORM = WEIGHT_DECAY.
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+            params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_sfnet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        # Let every config run on a CPU-only machine without an extra override.
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=torch.distributed.get_rank()
+                 if torch.distributed.is_initialized() else 0, name="sfnet_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            raise NotImplementedError("TEST.AUG (multi-scale + flip) is not implemented yet")
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return res
+        verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main():
+    args = default_argument_parser().parse_args()
+    logging.getLogger("sfnet_d2").info(f"Command line arguments: {args}")
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    invoke_main()

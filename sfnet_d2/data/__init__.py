@@ -1,0 +1,4 @@
+from . import datasets  # noqa: F401  (registers datasets)
+from .demo_data import demo_data_is_complete, generate_demo_cityscapes
+from .semantic_mapper import SFNetSemanticDatasetMapper, read_and_check_label
+from .transforms import PadToSize, RandomScale, build_sfnet_train_augmentations

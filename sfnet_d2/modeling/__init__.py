@@ -1,0 +1,6 @@
+from .backbone import DeepStemResNet, build_deep_stem_resnet_backbone
+from .flow_alignment import FlowAlignModule, GatedDualFlowAlignModule, flow_warp
+from .losses import ohem_cross_entropy, ohem_keep_mask
+from .neck import SFNET_NECK_REGISTRY, SFNetDecoder, SFNetLiteDecoder, build_sfnet_neck
+from .ppm import PyramidPoolingModule
+from .sem_seg_head import SFNetHead, SFNetLiteHead

@@ -1,0 +1,128 @@
+"""
+Semantic-flow alignment: the flow warp, the Flow Alignment Module (FAM, SFNet) and the Gated Dual
+Flow Alignment Module (GD-FAM, SFNet-Lite).
+
+Fidelity to the official SFSegNets code (network/nn/operators.py; measured behaviour in
+../shared/reference/official-sfnet.md section 1.2):
+* the warp's base grid is ``linspace(-1, 1)`` over the *output* size, and the flow is divided by
+  (W_out, H_out), not by (W-1)/2: a flow value ``v`` moves the sampling point by ``v / W_out`` in
+  grid units, i.e. ``v * (W_in - 1) / (2 * W_out)`` input pixels (about half a pixel per unit when
+  input and output have the same size). Flow channel 0 is x, channel 1 is y.
+* ``grid_sample(..., bilinear, zeros padding, align_corners)``; the official code at HEAD uses
+  ``align_corners=True``, its first (ECCV) release used the torch default ``False``. Checkpoints
+  trained with the old code may depend on it: config key ``MODEL.SFNET.WARP_ALIGN_CORNERS``.
+* FAM warps the **original** coarse feature (all channels, not reduced, not pre-upsampled);
+  the flow comes from ``cat([up(down_h(high)), down_l(low)])`` - coarse first.
+* GD-FAM warps both the coarse feature and the original fine feature with two flows, and mixes
+  them with a spatial gate computed from ``[mean_c(h), mean_c(low), max_c(h), max_c(low)]`` where
+  ``h`` is the reduced, upsampled coarse feature and ``low`` the original fine feature.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["flow_warp", "FlowAlignModule", "GatedDualFlowAlignModule"]
+
+
+def _base_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """The identity sampling grid of shape (1, H, W, 2), x first, in [-1, 1]."""
+    ys = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((grid_x, grid_y), dim=-1).unsqueeze(0)
+
+
+def flow_warp(
+    feature: torch.Tensor,
+    flow: torch.Tensor,
+    size: Tuple[int, int],
+    align_corners: bool = True,
+) -> torch.Tensor:
+    """
+    Sample ``feature`` (N, C, h, w) at the output positions of a ``size`` = (H, W) grid displaced
+    by ``flow`` (N, 2, H, W), in the official SFNet flow units (see the module docstring).
+    With zero flow and ``align_corners=True`` this is bilinear upsampling with align_corners=True.
+    """
+    out_h, out_w = int(size[0]), int(size[1])
+    if flow.shape[-2:] != (out_h, out_w) or flow.shape[1] != 2:
+        raise ValueError(
+            f"flow_warp: flow must have shape (N, 2, {out_h}, {out_w}), got {tuple(flow.shape)}"
+        )
+    norm = torch.tensor([out_w, out_h], dtype=flow.dtype, device=flow.device)
+    grid = _base_grid(out_h, out_w, flow) + flow.permute(0, 2, 3, 1) / norm
+    return F.grid_sample(
+        feature, grid.to(feature.dtype), mode="bilinear", padding_mode="zeros",
+        align_corners=align_corners,
+    )
+
+
+def _upsample(x: torch.Tensor, size) -> torch.Tensor:
+    # Every interpolation of the official code is bilinear with align_corners=True.
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class FlowAlignModule(nn.Module):
+    """
+    FAM (SFNet, ECCV 2020, Fig. 3): predicts a 2-channel semantic flow between a fine feature
+    ``low`` and a coarse feature ``high`` (both ``channels`` wide) and warps ``high`` onto
+    ``low``'s grid. The caller adds the lateral feature afterwards (the official v1 head does
+    ``f = low + FAM(low, f)``).
+    """
+
+    def __init__(self, channels: int, flow_kernel_size: int = 3, align_corners: bool = True):
+        super().__init__()
+        reduced = channels // 2
+        self.down_low = nn.Conv2d(channels, reduced, 1, bias=False)
+        self.down_high = nn.Conv2d(channels, reduced, 1, bias=False)
+        # Default PyTorch init, not zero: the official flow conv is left at its default init.
+        self.flow_make = nn.Conv2d(
+            2 * reduced, 2, flow_kernel_size, padding=flow_kernel_size // 2, bias=False
+        )
+        self.align_corners = align_corners
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor, return_flow: bool = False):
+        size = low.shape[-2:]
+        high_reduced = _upsample(self.down_high(high), size)
+        flow = self.flow_make(torch.cat([high_reduced, self.down_low(low)], dim=1))
+        warped = flow_warp(high, flow, size, self.align_corners)
+        return (warped, flow) if return_flow else warped
+
+
+class GatedDualFlowAlignModule(nn.Module):
+    """
+    GD-FAM (SFNet-Lite, IJCV 2023, Sec. 3.3): two flows warp the coarse feature ``high`` and the
+    fine feature ``low`` onto ``low``'s grid; a spatial gate chooses between them per pixel.
+    Output = ``warp(high, flow_up) * gate + warp(low, flow_down) * (1 - gate)``, no residual.
+    """
+
+    def __init__(self, channels: int, flow_kernel_size: int = 3, align_corners: bool = True):
+        super().__init__()
+        reduced = channels // 2
+        self.down_low = nn.Conv2d(channels, reduced, 1, bias=False)
+        self.down_high = nn.Conv2d(channels, reduced, 1, bias=False)
+        self.flow_make = nn.Conv2d(
+            2 * reduced, 4, flow_kernel_size, padding=flow_kernel_size // 2, bias=False
+        )
+        self.gate = nn.Conv2d(4, 1, 3, padding=1, bias=False)
+        self.align_corners = align_corners
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor, return_flow: bool = False):
+        size = low.shape[-2:]
+        high_reduced = _upsample(self.down_high(high), size)
+        flow = self.flow_make(torch.cat([high_reduced, self.down_low(low)], dim=1))
+        high_warped = flow_warp(high, flow[:, 0:2], size, self.align_corners)
+        low_warped = flow_warp(low, flow[:, 2:4], size, self.align_corners)
+        gate_input = torch.cat(
+            [
+                high_reduced.mean(dim=1, keepdim=True),
+                low.mean(dim=1, keepdim=True),
+                high_reduced.amax(dim=1, keepdim=True),
+                low.amax(dim=1, keepdim=True),
+            ],
+            dim=1,
+        )
+        gate = torch.sigmoid(self.gate(gate_input))
+        out = high_warped * gate + low_warped * (1 - gate)
+        return (out, flow) if return_flow else out

@@ -1,0 +1,224 @@
+"""
+The SFNet decoders ("necks"), reusable on their own: they turn backbone features into one fused
+feature map at the finest input level (stride 4 for ResNet/STDC). The semantic heads add a
+classifier on top; the panoptic model feeds the same fused map to its kernel heads.
+
+* ``SFNetDecoder`` - the aligned FPN of SFNet (official ``UperNetAlignHead`` without its
+  classifier): PPM on the coarsest level, then top-down at every level
+  ``f = lateral_i(x_i) + FAM_i(lateral_i(x_i), f)``, ``P_i = output_i(f)``, and the fused map
+  ``cat([P_finest, up(P_..), ..., up(PPM)])`` (fine to coarse; the PPM output itself is last).
+* ``SFNetLiteDecoder`` - the SFNet-Lite decoder (official ``UperNetAlignHeadV2``): one GD-FAM
+  aligns the finest level with the PPM output in one step, and the 1/16 level is upsampled and
+  concatenated: ``cat([GDFAM(lateral_0(x_fine), PPM(x_coarse)), up(lateral_1(x_mid))])``.
+
+``forward_features(features)`` returns a dict with ``"fused"`` (the fused map), ``"dsn"`` (the
+intermediate maps deep supervision attaches to, coarse to fine) and, when asked, ``"flows"``
+(the semantic flow of every alignment module, coarse to fine) for visualisation.
+"""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.utils.registry import Registry
+from torch import nn
+
+from .flow_alignment import FlowAlignModule, GatedDualFlowAlignModule
+from .ppm import PyramidPoolingModule
+
+__all__ = ["SFNET_NECK_REGISTRY", "build_sfnet_neck", "SFNetDecoder", "SFNetLiteDecoder"]
+
+SFNET_NECK_REGISTRY = Registry("SFNET_NECK")
+SFNET_NECK_REGISTRY.__doc__ = """
+Registry for SFNet decoders ("necks"): modules with ``forward_features(features) -> dict`` holding
+a fused feature map ``"fused"`` and an ``output_shape()`` describing it.
+"""
+
+
+def build_sfnet_neck(cfg, input_shape: Dict[str, ShapeSpec], default: str = "SFNetDecoder"):
+    """Build the neck named by ``MODEL.SFNET.NECK`` (``default`` when the key is empty)."""
+    name = cfg.MODEL.SFNET.NECK or default
+    neck = SFNET_NECK_REGISTRY.get(name)(cfg, input_shape)
+    if not callable(getattr(neck, "forward_features", None)):
+        raise ValueError(f"MODEL.SFNET.NECK={name} has no forward_features(); it cannot be a neck")
+    return neck
+
+
+def _select_inputs(input_shape: Dict[str, ShapeSpec], in_features: List[str]):
+    missing = [f for f in in_features if f not in input_shape]
+    if missing:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.IN_FEATURES={list(in_features)}: the backbone does not output "
+            f"{missing}; it outputs {sorted(input_shape)} (check MODEL.RESNETS.OUT_FEATURES)"
+        )
+    return sorted(((f, input_shape[f]) for f in in_features), key=lambda kv: kv[1].stride)
+
+
+def _lateral(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
+    # Official fpn_in: 1x1 conv *with* bias, then norm and ReLU.
+    return Conv2d(in_channels, conv_dim, 1, bias=True, norm=get_norm(norm, conv_dim),
+                  activation=F.relu)
+
+
+def _neck_from_config(cfg, input_shape):
+    return {
+        "input_shape": input_shape,
+        "in_features": cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES,
+        "conv_dim": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
+        "norm": cfg.MODEL.SEM_SEG_HEAD.NORM,
+        "ppm_bins": cfg.MODEL.SFNET.PPM_BINS,
+        "flow_kernel_size": cfg.MODEL.SFNET.FLOW_KERNEL_SIZE,
+        "warp_align_corners": cfg.MODEL.SFNET.WARP_ALIGN_CORNERS,
+    }
+
+
+@SFNET_NECK_REGISTRY.register()
+class SFNetDecoder(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        in_features: List[str],
+        conv_dim: int,
+        norm: str = "BN",
+        ppm_bins=(1, 2, 3, 6),
+        flow_kernel_size: int = 3,
+        warp_align_corners: bool = True,
+    ):
+        """
+        NOTE: this interface is experimental.
+
+        Args:
+            input_shape: backbone output shapes.
+            in_features: backbone levels to use (at least 2); the coarsest feeds the PPM.
+            conv_dim: decoder width D (128 for SFNet-R18, 256 for R50/R101, 64 for STDC/DFNet).
+            norm: normalisation of every decoder conv (detectron2 ``get_norm`` name).
+            ppm_bins: PPM pooling sizes.
+            flow_kernel_size: kernel of the flow-predicting conv in each FAM.
+            warp_align_corners: ``align_corners`` of the flow warp (True at official HEAD).
+        """
+        super().__init__()
+        levels = _select_inputs(input_shape, in_features)
+        if len(levels) < 2:
+            raise ValueError(
+                f"SFNetDecoder needs at least 2 input levels, got IN_FEATURES={list(in_features)}"
+            )
+        self.in_features = [name for name, _ in levels]
+        fine_levels, (_, coarsest) = levels[:-1], levels[-1]
+        self.ppm = PyramidPoolingModule(coarsest.channels, conv_dim, ppm_bins, norm)
+        # index i follows in_features order (fine to coarse), as the official fpn_in/fpn_out
+        self.lateral_convs = nn.ModuleList(_lateral(s.channels, conv_dim, norm) for _, s in fine_levels)
+        self.align_modules = nn.ModuleList(
+            FlowAlignModule(conv_dim, flow_kernel_size, warp_align_corners) for _ in fine_levels
+        )
+        self.output_convs = nn.ModuleList(
+            Conv2d(conv_dim, conv_dim, 3, padding=1, bias=False, norm=get_norm(norm, conv_dim),
+                   activation=F.relu)
+            for _ in fine_levels
+        )
+        self.conv_dim = conv_dim
+        self.num_dsn_inputs = len(fine_levels)
+        self._out_channels = conv_dim * len(levels)
+        self._out_stride = levels[0][1].stride
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return _neck_from_config(cfg, input_shape)
+
+    def output_shape(self) -> ShapeSpec:
+        return ShapeSpec(channels=self._out_channels, stride=self._out_stride)
+
+    def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
+        xs = [features[f] for f in self.in_features]
+        ppm_out = self.ppm(xs[-1])
+        f = ppm_out
+        pyramid, dsn_inputs, flows = [], [], []
+        for i in reversed(range(len(xs) - 1)):
+            lateral = self.lateral_convs[i](xs[i])
+            aligned, flow = self.align_modules[i](lateral, f, return_flow=True)
+            f = lateral + aligned
+            dsn_inputs.append(f)
+            flows.append(flow)
+            pyramid.append(self.output_convs[i](f))
+        pyramid.reverse()  # fine to coarse
+        size = pyramid[0].shape[-2:]
+        fused = torch.cat(
+            [pyramid[0]]
+            + [F.interpolate(p, size=size, mode="bilinear", align_corners=True)
+               for p in pyramid[1:] + [ppm_out]],
+            dim=1,
+        )
+        out = {"fused": fused, "dsn": dsn_inputs}
+        if return_flows:
+            out["flows"] = flows
+        return out
+
+    def forward(self, features):
+        return self.forward_features(features)["fused"]
+
+
+@SFNET_NECK_REGISTRY.register()
+class SFNetLiteDecoder(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        in_features: List[str],
+        conv_dim: int,
+        norm: str = "BN",
+        ppm_bins=(1, 2, 3, 6),
+        flow_kernel_size: int = 3,
+        warp_align_corners: bool = True,
+    ):
+        """
+        NOTE: this interface is experimental.
+
+        Args:
+            in_features: exactly 3 backbone levels, fine to coarse: the finest (1/4) goes through
+                the GD-FAM, the middle one (1/16 in the paper) is concatenated, the coarsest
+                (1/32) feeds the PPM. Official R18-Lite: ["res2", "res4", "res5"].
+            Others as in :class:`SFNetDecoder`.
+        """
+        super().__init__()
+        levels = _select_inputs(input_shape, in_features)
+        if len(levels) != 3:
+            raise ValueError(
+                "SFNetLiteDecoder takes exactly 3 levels (finest, middle, coarsest), got "
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES={list(in_features)}"
+            )
+        self.in_features = [name for name, _ in levels]
+        (_, fine), (_, mid), (_, coarse) = levels
+        self.ppm = PyramidPoolingModule(coarse.channels, conv_dim, ppm_bins, norm)
+        self.lateral_convs = nn.ModuleList(
+            [_lateral(fine.channels, conv_dim, norm), _lateral(mid.channels, conv_dim, norm)]
+        )
+        self.align_module = GatedDualFlowAlignModule(conv_dim, flow_kernel_size, warp_align_corners)
+        self.conv_dim = conv_dim
+        self.num_dsn_inputs = 1
+        self._out_channels = 2 * conv_dim
+        self._out_stride = fine.stride
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return _neck_from_config(cfg, input_shape)
+
+    def output_shape(self) -> ShapeSpec:
+        return ShapeSpec(channels=self._out_channels, stride=self._out_stride)
+
+    def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
+        x_fine, x_mid, x_coarse = (features[f] for f in self.in_features)
+        ppm_out = self.ppm(x_coarse)
+        fine = self.lateral_convs[0](x_fine)
+        mid = self.lateral_convs[1](x_mid)
+        aligned, flow = self.align_module(fine, ppm_out, return_flow=True)
+        mid = F.interpolate(mid, size=aligned.shape[-2:], mode="bilinear", align_corners=True)
+        out = {"fused": torch.cat([aligned, mid], dim=1), "dsn": [aligned]}
+        if return_flows:
+            out["flows"] = [flow]
+        return out
+
+    def forward(self, features):
+        return self.forward_features(features)["fused"]
