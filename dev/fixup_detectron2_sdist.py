@@ -111,6 +111,19 @@ class PurePythonDetectron2Error(AttributeError):
     pass
 
 
+# Queried by detectron2.utils.collect_env when it logs the environment.
+def get_compiler_version():
+    return "none: pure-Python detectron2 (built by sfnet-d2 without compiled operators)"
+
+
+def get_cuda_version():
+    return "none: pure-Python detectron2"
+
+
+def has_cuda():
+    return False
+
+
 def __getattr__(name):
     if name.startswith("__"):
         raise AttributeError(name)

@@ -20,7 +20,7 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader, build_
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import CityscapesSemSegEvaluator, SemSegEvaluator, verify_results
 from detectron2.projects.deeplab import build_lr_scheduler
-from detectron2.solver import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and datasets)
@@ -29,7 +29,7 @@ from sfnet_d2.data import SFNetSemanticDatasetMapper
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with SFNet's data mapper, evaluators, poly LR and SGD."""
+    """detectron2's DefaultTrainer with SFNet's data mapper, evaluators and poly LR."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -60,35 +60,27 @@ class Trainer(DefaultTrainer):
         # WarmupPolyLR: lr = base * (1 - iter / max_iter) ** SOLVER.POLY_LR_POWER, per iteration.
         return build_lr_scheduler(cfg, optimizer)
 
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        # Official recipe: SGD, momentum 0.9, weight decay on every parameter (BN and biases
-        # included) - detectron2's defaults reproduce it with WEIGHT_DECAY_NORM = WEIGHT_DECAY.
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
-            params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-            nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        )
+    # build_optimizer: detectron2's default (SGD with SOLVER.MOMENTUM/NESTEROV/WEIGHT_DECAY and
+    # WEIGHT_DECAY_NORM per parameter) already reproduces the official optimiser, see Base-SFNet.yaml.
 
 
-def setup(args):
+def build_config(config_file: str, opts=()):
+    """The frozen config of a YAML file plus KEY VALUE overrides, with every SFNet key."""
     cfg = get_cfg()
     add_sfnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         # Let every config run on a CPU-only machine without an extra override.
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    return cfg
+
+
+def setup(args):
+    cfg = build_config(args.config_file, args.opts)
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=torch.distributed.get_rank()
-                 if torch.distributed.is_initialized() else 0, name="sfnet_d2")
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sfnet_d2")
     return cfg
 
 
@@ -102,7 +94,7 @@ def main(args):
         res = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             raise NotImplementedError("TEST.AUG (multi-scale + flip) is not implemented yet")
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if not comm.is_main_process():
             return res
         verify_results(cfg, res)
         return res

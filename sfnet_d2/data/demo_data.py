@@ -9,15 +9,16 @@ layout, so that the demo and the tests go through the same code as real Cityscap
     ROOT/gtFine/{train,val}/{city}/..._gtFine_labelTrainIds.png (cityscapesscripts
                                                                  createTrainIdLabelImgs, as users do)
 
-Each scene has sky, buildings (with windows), trees, a perspective road with lane marks,
-sidewalks, poles, cars and people, drawn back to front with textures and occlusion. The image is
+Each scene has sky, buildings (with windows), trees, grass, a perspective road with lane marks,
+sidewalks, poles, cars and people (9 of the 19 Cityscapes classes), drawn back to front with textures and occlusion. The image is
 painted from the same polygons the labels are rasterised from (PIL's polygon fill, like
 cityscapesscripts), so labels and pixels agree exactly.
 """
+import io
 import json
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import List, Tuple
 
 import numpy as np
@@ -28,7 +29,8 @@ __all__ = ["generate_demo_cityscapes", "demo_data_is_complete", "DEMO_LABELS"]
 logger = logging.getLogger(__name__)
 
 # Cityscapes label names used by the demo (all are among the 19 training classes).
-DEMO_LABELS = ["road", "sidewalk", "building", "pole", "vegetation", "sky", "person", "car"]
+DEMO_LABELS = ["road", "sidewalk", "building", "pole", "vegetation", "terrain", "sky", "person",
+               "car"]
 _COMPLETE_MARK = ".sfnet_demo_complete"
 _CITIES = {"train": ["demotown", "synthburg"], "val": ["valcity"]}
 
@@ -100,6 +102,9 @@ def _render_scene(rng, h, w):
         cy = horizon - r // 2
         s.add("vegetation", _ellipse(cx, cy, r, int(r * 0.9), 20),
               _texture(rng, h, w, (70, 120, 40), jitter=20, grain=30, scale=3))
+    # grass verges between the buildings and the street
+    s.add("terrain", _rect(0, horizon, w - 1, h - 1),
+          _texture(rng, h, w, (120, 160, 80), jitter=20, grain=18, scale=2))
     # road: perspective trapezoid with lane marks
     vx = w // 2 + int(rng.integers(-w // 10, w // 10))
     half_far, half_near = w // 14, int(w * rng.uniform(0.42, 0.6))
@@ -224,9 +229,9 @@ def generate_demo_cityscapes(root: str, num_train: int = 48, num_val: int = 12,
         inst = np.asarray(createInstanceImage(ann, "ids"), dtype=np.uint16)
         Image.fromarray(inst).save(os.path.join(gt_dir, f"{stem}_gtFine_instanceIds.png"))
     # The users' own preparation step for Cityscapes: *_labelTrainIds.png from the polygons.
-    with _env("CITYSCAPES_DATASET", os.path.abspath(root)):
+    # (its per-file progress goes to stdout; our own progress bar above covers it)
+    with _env("CITYSCAPES_DATASET", os.path.abspath(root)), redirect_stdout(io.StringIO()):
         createTrainIdLabelImgs.main()
-    print()
     with open(mark, "w") as f:
         json.dump({"num_train": num_train, "num_val": num_val, "height": height,
                    "width": width, "seed": seed}, f)
