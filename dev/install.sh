@@ -48,6 +48,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON_BOOTSTRAP" -m venv "$VENV" || fail "venv" "'$PYTHON_BOOTSTRAP -m venv' failed; on Debian/Ubuntu install python3-venv"
 fi
 PY="$VENV/bin/python"
+export PYTHONWARNINGS="ignore::FutureWarning"  # torch.jit deprecation noise from detectron2 imports
+FINAL_CHECK='import torch, detectron2, sfnet_d2, panopticapi, cityscapesscripts; from detectron2.engine import DefaultTrainer'
+ALL_STAMPS="requirements=$(stamp_of "$ROOT/requirements.txt") detectron2=$(stamp_of "$ROOT/dev/fixup_detectron2_sdist.py") project=$(stamp_of "$ROOT/setup.py")"
+
+# Fast path: a complete earlier run with the same inputs, and everything still imports.
+if [ -f "$VENV/.sfnet-ready" ] && [ "$(cat "$VENV/.sfnet-ready")" = "$ALL_STAMPS" ] && "$PY" -c "$FINAL_CHECK" 2>/dev/null; then
+  say "environment ready (nothing changed since the last install): $VENV"
+  exit 0
+fi
 rm -f "$VENV/.sfnet-ready"  # only a complete run marks the environment ready
 
 # ---- step 1: torch ---------------------------------------------------------------------------
@@ -126,7 +135,7 @@ else
 fi
 
 # ---- final check -----------------------------------------------------------------------------
-"$PY" -c 'import torch, detectron2, sfnet_d2, panopticapi, cityscapesscripts; from detectron2.engine import DefaultTrainer' ||
+"$PY" -c "$FINAL_CHECK" ||
   fail "final import check" "the environment imports failed (traceback above); delete $VENV and run dev/install.sh again"
-touch "$VENV/.sfnet-ready"
+printf '%s' "$ALL_STAMPS" >"$VENV/.sfnet-ready"
 say "environment ready: $VENV"

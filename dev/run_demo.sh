@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash dev/install.sh
+export PYTHONWARNINGS="ignore::FutureWarning"
 exec "${SFNET_VENV:-.venv}/bin/python" projects/SFNet/run_demo.py "$@"

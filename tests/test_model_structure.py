@@ -150,3 +150,13 @@ def test_lite_head_rejects_wrong_number_of_levels():
     with pytest.raises(ValueError, match="exactly 3 levels"):
         build_model(make_cfg(CONFIGS + "sfnet_lite_R18.yaml",
                              ["MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res2", "res5"]]))
+
+
+@pytest.mark.parametrize("config,official_gflops", [("sfnet_R18.yaml", 61.01),
+                                                    ("sfnet_lite_R18.yaml", 44.71)])
+def test_fvcore_flops_equal_official_at_512x1024(config, official_gflops):
+    # ../shared/reference/official-sfnet.md section 3 (fvcore, multiply-add = 1 FLOP).
+    from analyze_model import analyze
+
+    _, total, _ = analyze(make_cfg(CONFIGS + config), 512, 1024)
+    assert total / 1e9 == pytest.approx(official_gflops, abs=0.01)

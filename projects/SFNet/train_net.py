@@ -60,6 +60,18 @@ class Trainer(DefaultTrainer):
         # WarmupPolyLR: lr = base * (1 - iter / max_iter) ** SOLVER.POLY_LR_POWER, per iteration.
         return build_lr_scheduler(cfg, optimizer)
 
+    def state_dict(self):
+        # detectron2 v0.6's DefaultTrainer checkpoints no optimizer state, so --resume would
+        # restart SGD momentum from zero; later detectron2 releases save it as we do here.
+        ret = super().state_dict()
+        ret["optimizer"] = self.optimizer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "optimizer" in state_dict:
+            self.optimizer.load_state_dict(state_dict["optimizer"])
+
     # build_optimizer: detectron2's default (SGD with SOLVER.MOMENTUM/NESTEROV/WEIGHT_DECAY and
     # WEIGHT_DECAY_NORM per parameter) already reproduces the official optimiser, see Base-SFNet.yaml.
 

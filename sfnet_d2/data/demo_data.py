@@ -71,6 +71,8 @@ class _Scene:
         mask_img = Image.new("L", (self.w, self.h), 0)
         ImageDraw.Draw(mask_img).polygon(polygon, fill=1)
         mask = np.asarray(mask_img, dtype=bool)
+        if not mask.any():  # entirely outside the image: a real annotation would not list it
+            return mask
         self.image[mask] = texture[mask]
         self.objects.append({"label": label, "polygon": [list(p) for p in polygon]})
         return mask
