@@ -113,7 +113,10 @@ def test_resume_continues_at_the_right_iteration(trained_run, demo_root, tmp_pat
 
 
 def test_two_process_cpu_training(demo_root, tmp_path):
-    log = _run_train_net(demo_root, tmp_path, "SOLVER.MAX_ITER", "3", num_gpus=2)
+    # SyncBN as in the Cityscapes configs: on CPU it becomes naiveSyncBN, synced over gloo
+    log = _run_train_net(demo_root, tmp_path, "SOLVER.MAX_ITER", "3", "MODEL.RESNETS.NORM",
+                         "SyncBN", "MODEL.SEM_SEG_HEAD.NORM", "SyncBN", num_gpus=2)
+    assert "NaiveSyncBatchNorm" in log
     assert "Rank of current process: 0. World size: 2" in log
     assert os.path.isfile(tmp_path / "model_final.pth")
     assert 0.0 <= _copypaste_results(log)["IoU"] <= 100.0

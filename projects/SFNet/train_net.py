@@ -82,9 +82,18 @@ def build_config(config_file: str, opts=()):
     add_sfnet_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        # Let every config run on a CPU-only machine without an extra override.
-        cfg.MODEL.DEVICE = "cpu"
+    if not torch.cuda.is_available():
+        # Let every config run on a CPU-only machine without extra overrides: nn.SyncBatchNorm
+        # needs CUDA, detectron2's naiveSyncBN syncs over any process group (gloo included) and
+        # is plain BN in a single process.
+        if cfg.MODEL.DEVICE.startswith("cuda"):
+            cfg.MODEL.DEVICE = "cpu"
+        for node in (cfg.MODEL.RESNETS, cfg.MODEL.SEM_SEG_HEAD):
+            if node.NORM == "SyncBN":
+                node.NORM = "naiveSyncBN"
+                logging.getLogger("sfnet_d2").warning(
+                    "No CUDA: using naiveSyncBN instead of SyncBN (same statistics over processes)"
+                )
     cfg.freeze()
     return cfg
 
