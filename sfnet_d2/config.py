@@ -39,6 +39,20 @@ def add_sfnet_config(cfg):
     # Weight of each deep-supervision loss term (official aux_weight).
     cfg.MODEL.SFNET.DSN_LOSS_WEIGHT = 1.0
 
+    # STDC backbones (STDCNet813 = "STDC1", STDCNet1446 = "STDC2"), registered as
+    # "build_stdc_backbone"; outputs res2..res5 = feat4/8/16/32 (64/256/512/1024 channels).
+    cfg.MODEL.STDC = CN()
+    cfg.MODEL.STDC.NAME = "STDC1"
+    cfg.MODEL.STDC.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.STDC.NORM = "BN"
+    # DFNet backbones ("DF1" / "DF2"), registered as "build_dfnet_backbone"; outputs res3, res4,
+    # res5 = the three features the official SFNet head takes, fine to coarse (DF1 strides
+    # 16/32/32, DF2 strides 8/16/32).
+    cfg.MODEL.DFNET = CN()
+    cfg.MODEL.DFNET.NAME = "DF1"
+    cfg.MODEL.DFNET.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.DFNET.NORM = "BN"
+
     # Semantic training data (sfnet_d2.data.SFNetSemanticDatasetMapper).
     cfg.INPUT.SFNET = CN()
     # Random rescale factor range applied to the whole image before cropping

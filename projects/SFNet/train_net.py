@@ -88,7 +88,7 @@ def build_config(config_file: str, opts=()):
         # is plain BN in a single process.
         if cfg.MODEL.DEVICE.startswith("cuda"):
             cfg.MODEL.DEVICE = "cpu"
-        for node in (cfg.MODEL.RESNETS, cfg.MODEL.SEM_SEG_HEAD):
+        for node in (cfg.MODEL.RESNETS, cfg.MODEL.STDC, cfg.MODEL.DFNET, cfg.MODEL.SEM_SEG_HEAD):
             if node.NORM == "SyncBN":
                 node.NORM = "naiveSyncBN"
                 logging.getLogger("sfnet_d2").warning(
