@@ -10,14 +10,17 @@ SFSegNets code builds it (network/resnet_d.py + the 'variant D' edit in network/
 * 'variant D' sets dilation = padding = 2 on every ``conv2`` of res4 and 4 on every ``conv2`` of
   res5 **but keeps their strides**, so the output stride stays 32 (res2..res5 at 1/4..1/32).
 """
-from typing import Dict, List, Sequence
+import re
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-__all__ = ["DeepStemResNet", "build_deep_stem_resnet_backbone", "RESNET_DEPTHS"]
+__all__ = [
+    "DeepStemResNet", "build_deep_stem_resnet_backbone", "official_resnet_key_map", "RESNET_DEPTHS"
+]
 
 # depth -> (block type, blocks per stage)
 RESNET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)),
@@ -199,3 +202,55 @@ def build_deep_stem_resnet_backbone(cfg, input_shape: ShapeSpec) -> DeepStemResN
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         in_channels=input_shape.channels,
     )
+
+
+_OFFICIAL_STEM = {  # official index in layer0.0 (or conv1 in ImageNet files) -> our stem key
+    "0": "conv1.weight", "3": "conv2.weight", "6": "conv3.weight",
+    "1": "conv1.norm", "4": "conv2.norm",
+}
+_OFFICIAL_BLOCK_NAME = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(.+)$")
+
+
+def official_resnet_key_map(official_keys) -> Dict[str, Tuple[str, Optional[str]]]:
+    """
+    Map official deep-stem ResNet keys to ours, for the checkpoint converter. Accepts both
+    layouts the official files use: the SFNet models' ``layer0.0.{0,1,3,4,6}``/``layer0.1``
+    stem, and the ImageNet-pretrained files' ``conv1.{0,1,3,4,6}``/``bn1`` stem (whose ``fc``
+    classifier is dropped). Returns ``{key: ("ours", our_key) | ("drop", reason)}``; keys it does
+    not recognise are left out.
+    """
+    out = {}
+    for key in official_keys:
+        m = re.match(r"^(?:layer0\.0|conv1)\.(\d)\.(.+)$", key)
+        if m and m.group(1) in _OFFICIAL_STEM:
+            target = _OFFICIAL_STEM[m.group(1)]
+            if target.endswith(".weight"):
+                if m.group(2) == "weight":
+                    out[key] = ("ours", f"stem.{target}")
+            else:
+                out[key] = ("ours", f"stem.{target}.{m.group(2)}")
+            continue
+        m = re.match(r"^(?:layer0\.1|bn1)\.(.+)$", key)
+        if m:
+            out[key] = ("ours", f"stem.conv3.norm.{m.group(1)}")
+            continue
+        m = _OFFICIAL_BLOCK_NAME.match(key)
+        if m:
+            stage, block, part, rest = m.groups()
+            if part.startswith("conv"):
+                if rest == "weight":
+                    out[key] = ("ours", f"res{int(stage) + 1}.{block}.{part}.weight")
+                continue
+            if part.startswith("bn"):
+                target = f"conv{part[2]}.norm.{rest}"
+            elif part == "downsample.0":
+                if rest != "weight":
+                    continue
+                target = "shortcut.weight"
+            else:
+                target = f"shortcut.norm.{rest}"
+            out[key] = ("ours", f"res{int(stage) + 1}.{block}.{target}")
+            continue
+        if key.startswith("fc."):
+            out[key] = ("drop", "ImageNet classifier, not part of the segmentation backbone")
+    return out

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""
+Convert an official SFSegNets checkpoint into a detectron2 checkpoint for sfnet-d2.
+
+    python projects/SFNet/convert_official.py --arch DeepR18_SF_deeply SRC.pth DST.pth
+    python projects/SFNet/convert_official.py --arch network.sfnet_stdcnet.AlignedSTDC2 SRC.pth DST.pth
+    python projects/SFNet/convert_official.py --arch DeepR18_SF_deeply --backbone-only \
+        resnet18-deep-inplane128.pth R18_imagenet.pth        # ImageNet weights for MODEL.WEIGHTS
+
+Then: python projects/SFNet/train_net.py --eval-only --config-file <the arch's config> MODEL.WEIGHTS DST.pth
+The file is read with torch.load(weights_only=True); a mismatch (wrong --arch, damaged file) lists
+the missing keys, unexpected keys and shape mismatches and writes nothing. DST is never overwritten
+unless --overwrite is given.
+"""
+import argparse
+import os
+import sys
+from collections import defaultdict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_net import build_config  # noqa: E402
+
+from sfnet_d2.checkpoint import (  # noqa: E402
+    ConversionError,
+    convert_official_state_dict,
+    read_official_checkpoint,
+    resolve_arch,
+)
+
+REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def _num_classes(official):
+    for key in ("head.conv_last.1.weight", "conv_last.1.weight"):
+        if key in official:
+            return official[key].shape[0]
+    return None
+
+
+def _group(key: str) -> str:
+    parts = key.split(".")
+    return ".".join(parts[:3]) if len(parts) > 3 else key
+
+
+def convert(arch_name, src, dst, backbone_only=False, deep_supervision=False, overwrite=False,
+            opts=()):
+    arch = resolve_arch(arch_name)
+    if os.path.exists(dst) and not overwrite:
+        raise ConversionError(f"{dst} exists; pass --overwrite to replace it")
+    official = read_official_checkpoint(src)
+    opts = list(opts) + ["MODEL.SFNET.DEEP_SUPERVISION", deep_supervision, "MODEL.DEVICE", "cpu"]
+    num_classes = _num_classes(official)
+    if num_classes is not None and not backbone_only:
+        opts += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes]
+    cfg = build_config(os.path.join(REPO, arch.config), opts)
+    model = build_model(cfg)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    result = convert_official_state_dict(official, arch, shapes, deep_supervision, backbone_only)
+
+    mapped_params = sum(official[o].numel() for o, ours in result.mapped
+                        if not ours.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    print(f"{arch.factory} -> {arch.config}" + (" (backbone only)" if backbone_only else ""))
+    print(f"  mapped {len(result.mapped)} tensors ({mapped_params:,} parameters)")
+    if result.aliases:
+        print(f"  skipped {len(result.aliases)} alias entries (verified equal to their originals)")
+    dropped = defaultdict(lambda: [0, 0, ""])
+    for key, reason, numel in result.dropped:
+        g = dropped[_group(key)]
+        g[0] += 1
+        g[1] += numel
+        g[2] = reason
+    for group, (count, numel, reason) in sorted(dropped.items()):
+        print(f"  dropped {group}* ({count} tensors, {numel:,} values): {reason}")
+
+    # Check that detectron2 loads it with no missing or unexpected keys before writing.
+    incompatible = model.load_state_dict(result.state_dict, strict=False)
+    if not backbone_only and (incompatible.missing_keys or incompatible.unexpected_keys):
+        raise ConversionError(f"internal error: {incompatible}")
+    payload = {"model": result.state_dict, "__author__": f"sfnet-d2 convert_official {arch.factory}",
+               "matching_heuristics": False}
+    tmp = dst + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save(payload, tmp)
+    os.replace(tmp, dst)  # atomic: a killed run never leaves a half-written DST
+    print(f"  wrote {dst}")
+    if not backbone_only:
+        print(f"  evaluate: python projects/SFNet/train_net.py --eval-only --config-file "
+              f"{arch.config} MODEL.WEIGHTS {dst}")
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--arch", required=True, help="official factory, e.g. DeepR18_SF_deeply")
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--backbone-only", action="store_true",
+                        help="convert an ImageNet-pretrained backbone file for MODEL.WEIGHTS")
+    parser.add_argument("--deep-supervision", action="store_true",
+                        help="keep the official deep-supervision heads (build them in our model)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.arch, args.src, args.dst, args.backbone_only, args.deep_supervision,
+                args.overwrite)
+    except (ConversionError, FileNotFoundError) as e:
+        print(f"convert_official: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
