@@ -23,6 +23,13 @@ def _params(module):
         ("sfnet_R50.yaml", [], 31_325_139),
         ("sfnet_R101.yaml", [], 50_317_267),
         ("sfnet_R18.yaml", ["MODEL.SFNET.DEEP_SUPERVISION", True], 13_320_588),  # first release dsn
+        # STDC: official counts minus the 3,125,248-parameter classifier tail never used in forward
+        ("sfnet_STDC1.yaml", [], 9_117_619 - 3_125_248),
+        ("sfnet_STDC2.yaml", [], 13_148_083 - 3_125_248),
+        ("sfnet_lite_STDC1.yaml", [], 6_433_623),
+        ("sfnet_lite_STDC2.yaml", [], 10_464_087),
+        ("sfnet_DF1.yaml", [], 8_422_387),
+        ("sfnet_DF2.yaml", [], 17_876_467),
     ],
 )
 def test_parameter_counts_equal_official(config, opts, expected):
@@ -152,8 +159,11 @@ def test_lite_head_rejects_wrong_number_of_levels():
                              ["MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res2", "res5"]]))
 
 
-@pytest.mark.parametrize("config,official_gflops", [("sfnet_R18.yaml", 61.01),
-                                                    ("sfnet_lite_R18.yaml", 44.71)])
+@pytest.mark.parametrize("config,official_gflops", [
+    ("sfnet_R18.yaml", 61.01), ("sfnet_lite_R18.yaml", 44.71), ("sfnet_STDC1.yaml", 15.00),
+    ("sfnet_STDC2.yaml", 21.61), ("sfnet_lite_STDC1.yaml", 18.70), ("sfnet_lite_STDC2.yaml", 25.31),
+    ("sfnet_DF1.yaml", 8.25), ("sfnet_DF2.yaml", 20.09),
+])
 def test_fvcore_flops_equal_official_at_512x1024(config, official_gflops):
     # ../shared/reference/official-sfnet.md section 3 (fvcore, multiply-add = 1 FLOP).
     from analyze_model import analyze
