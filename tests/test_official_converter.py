@@ -217,3 +217,39 @@ def test_converted_model_computes_the_official_forward(factory, version):
     assert ours.shape == ref.shape == (19, 96, 160)
     assert ref.abs().max() > 0.1  # a non-degenerate network
     assert (ours - ref).abs().max() < 1e-4
+
+
+def test_eval_only_with_a_converted_checkpoint(demo_root, tmp_path):
+    """train_net.py --eval-only MODEL.WEIGHTS converted.pth: loads with no missing/unexpected
+    keys and evaluates (on the demo data, with the SFNet-Lite R18 demo config)."""
+    src, dst = tmp_path / "lite.pth", tmp_path / "lite_d2.pth"
+    torch.save({"model": fake_official_state_dict("DeepR18_SFV2_deeply_dsn_FA_Atten")}, src)
+    proc = subprocess.run([sys.executable, CONVERT, "--arch", "DeepR18_SFV2_deeply_dsn_FA_Atten",
+                           str(src), str(dst)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dropped 16 tensors (216,211 parameters)" in proc.stdout  # dsn + fpn_in.2, unused
+    env = dict(os.environ, DETECTRON2_DATASETS=os.path.dirname(demo_root))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "projects", "SFNet", "train_net.py"), "--eval-only",
+         "--config-file", os.path.join(ROOT, "configs", "demo", "sfnet_lite_R18_demo.yaml"),
+         "MODEL.WEIGHTS", str(dst), "OUTPUT_DIR", str(tmp_path / "eval")],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "copypaste: IoU,iIoU" in log
+    assert "not found in the checkpoint" not in log and "not used by the model" not in log
+
+
+@pytest.mark.parametrize("factory,classifier", [
+    ("AlignedSTDC1", ["fc.weight", "linear.weight", "conv_last.conv.weight"]),
+    ("AlignedDFnetv2", ["fc.weight", "fc.bias"]),
+])
+def test_backbone_only_stdc_and_dfnet_imagenet_files(factory, classifier):
+    official = fake_official_state_dict(factory)
+    imagenet = {k[len("backbone."):]: v for k, v in official.items() if k.startswith("backbone.")}
+    for k in classifier:
+        imagenet.setdefault(k, torch.zeros(3))
+    _, shapes = our_shapes(factory)
+    result = convert_official_state_dict(imagenet, resolve_arch(factory), shapes, backbone_only=True)
+    assert set(result.state_dict) == {k for k in shapes if k.startswith("backbone.")}
+    assert set(classifier) <= {d[0] for d in result.dropped}

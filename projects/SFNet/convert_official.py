@@ -41,9 +41,8 @@ def _num_classes(official):
     return None
 
 
-def _group(key: str) -> str:
-    parts = key.split(".")
-    return ".".join(parts[:3]) if len(parts) > 3 else key
+def _is_buffer(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
 def convert(arch_name, src, dst, backbone_only=False, deep_supervision=False, overwrite=False,
@@ -61,20 +60,25 @@ def convert(arch_name, src, dst, backbone_only=False, deep_supervision=False, ov
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     result = convert_official_state_dict(official, arch, shapes, deep_supervision, backbone_only)
 
-    mapped_params = sum(official[o].numel() for o, ours in result.mapped
-                        if not ours.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    mapped_params = sum(official[o].numel() for o, _ in result.mapped if not _is_buffer(o))
     print(f"{arch.factory} -> {arch.config}" + (" (backbone only)" if backbone_only else ""))
     print(f"  mapped {len(result.mapped)} tensors ({mapped_params:,} parameters)")
     if result.aliases:
         print(f"  skipped {len(result.aliases)} alias entries (verified equal to their originals)")
-    dropped = defaultdict(lambda: [0, 0, ""])
+    by_reason = defaultdict(lambda: [0, 0, []])  # reason -> [tensors, parameters, modules]
     for key, reason, numel in result.dropped:
-        g = dropped[_group(key)]
+        g = by_reason[reason]
         g[0] += 1
-        g[1] += numel
-        g[2] = reason
-    for group, (count, numel, reason) in sorted(dropped.items()):
-        print(f"  dropped {group}* ({count} tensors, {numel:,} values): {reason}")
+        g[1] += 0 if _is_buffer(key) else numel
+        module = key.rsplit(".", 1)[0]
+        if module not in g[2]:
+            g[2].append(module)
+    if result.dropped:
+        total = sum(g[1] for g in by_reason.values())
+        print(f"  dropped {len(result.dropped)} tensors ({total:,} parameters):")
+    for reason, (count, numel, modules) in by_reason.items():
+        shown = ", ".join(modules[:4]) + (f", ... ({len(modules)} modules)" if len(modules) > 4 else "")
+        print(f"    {shown}: {count} tensors, {numel:,} parameters - {reason}")
 
     # Check that detectron2 loads it with no missing or unexpected keys before writing.
     incompatible = model.load_state_dict(result.state_dict, strict=False)

@@ -88,12 +88,13 @@ def build_config(config_file: str, opts=()):
         # is plain BN in a single process.
         if cfg.MODEL.DEVICE.startswith("cuda"):
             cfg.MODEL.DEVICE = "cpu"
-        for node in (cfg.MODEL.RESNETS, cfg.MODEL.STDC, cfg.MODEL.DFNET, cfg.MODEL.SEM_SEG_HEAD):
-            if node.NORM == "SyncBN":
-                node.NORM = "naiveSyncBN"
-                logging.getLogger("sfnet_d2").warning(
-                    "No CUDA: using naiveSyncBN instead of SyncBN (same statistics over processes)"
-                )
+        nodes = [cfg.MODEL.RESNETS, cfg.MODEL.STDC, cfg.MODEL.DFNET, cfg.MODEL.SEM_SEG_HEAD]
+        if any(node.NORM == "SyncBN" for node in nodes):
+            for node in nodes:
+                node.NORM = "naiveSyncBN" if node.NORM == "SyncBN" else node.NORM
+            logging.getLogger("sfnet_d2").warning(
+                "No CUDA: using naiveSyncBN instead of SyncBN (same statistics over processes)"
+            )
     cfg.freeze()
     return cfg
 
