@@ -61,20 +61,30 @@ def _lateral(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
                   activation=F.relu)
 
 
-def _neck_from_config(cfg, input_shape):
-    return {
-        "input_shape": input_shape,
-        "in_features": cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES,
-        "conv_dim": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
-        "norm": cfg.MODEL.SEM_SEG_HEAD.NORM,
-        "ppm_bins": cfg.MODEL.SFNET.PPM_BINS,
-        "flow_kernel_size": cfg.MODEL.SFNET.FLOW_KERNEL_SIZE,
-        "warp_align_corners": cfg.MODEL.SFNET.WARP_ALIGN_CORNERS,
-    }
+class _SFNetNeck(nn.Module):
+    """What both decoders share: config reading, the output shape and ``forward``."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {
+            "input_shape": input_shape,
+            "in_features": cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES,
+            "conv_dim": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
+            "norm": cfg.MODEL.SEM_SEG_HEAD.NORM,
+            "ppm_bins": cfg.MODEL.SFNET.PPM_BINS,
+            "flow_kernel_size": cfg.MODEL.SFNET.FLOW_KERNEL_SIZE,
+            "warp_align_corners": cfg.MODEL.SFNET.WARP_ALIGN_CORNERS,
+        }
+
+    def output_shape(self) -> ShapeSpec:
+        return ShapeSpec(channels=self._out_channels, stride=self._out_stride)
+
+    def forward(self, features):
+        return self.forward_features(features)["fused"]
 
 
 @SFNET_NECK_REGISTRY.register()
-class SFNetDecoder(nn.Module):
+class SFNetDecoder(_SFNetNeck):
     @configurable
     def __init__(
         self,
@@ -123,13 +133,6 @@ class SFNetDecoder(nn.Module):
         self._out_channels = conv_dim * len(levels)
         self._out_stride = levels[0][1].stride
 
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        return _neck_from_config(cfg, input_shape)
-
-    def output_shape(self) -> ShapeSpec:
-        return ShapeSpec(channels=self._out_channels, stride=self._out_stride)
-
     def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
         xs = [features[f] for f in self.in_features]
         ppm_out = self.ppm(xs[-1])
@@ -155,12 +158,9 @@ class SFNetDecoder(nn.Module):
             out["flows"] = flows
         return out
 
-    def forward(self, features):
-        return self.forward_features(features)["fused"]
-
 
 @SFNET_NECK_REGISTRY.register()
-class SFNetLiteDecoder(nn.Module):
+class SFNetLiteDecoder(_SFNetNeck):
     @configurable
     def __init__(
         self,
@@ -201,13 +201,6 @@ class SFNetLiteDecoder(nn.Module):
         self._out_channels = 2 * conv_dim
         self._out_stride = fine.stride
 
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        return _neck_from_config(cfg, input_shape)
-
-    def output_shape(self) -> ShapeSpec:
-        return ShapeSpec(channels=self._out_channels, stride=self._out_stride)
-
     def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
         x_fine, x_mid, x_coarse = (features[f] for f in self.in_features)
         ppm_out = self.ppm(x_coarse)
@@ -219,6 +212,3 @@ class SFNetLiteDecoder(nn.Module):
         if return_flows:
             out["flows"] = [flow]
         return out
-
-    def forward(self, features):
-        return self.forward_features(features)["fused"]

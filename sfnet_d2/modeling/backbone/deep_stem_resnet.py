@@ -174,12 +174,7 @@ class DeepStemResNet(Backbone):
                 outputs[name] = x
         return outputs
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self._out_feature_channels[name],
-                            stride=self._out_feature_strides[name])
-            for name in self._out_features
-        }
+    # output_shape(): detectron2's Backbone default, from _out_feature_channels/_strides.
 
     @property
     def size_divisibility(self) -> int:
