@@ -12,9 +12,9 @@ Every detectron2 flag works (--num-machines, --machine-rank, --dist-url, KEY VAL
 import logging
 import os
 import sys
+import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and datasets)
 from sfnet_d2 import add_sfnet_config
 from sfnet_d2.data import SFNetSemanticDatasetMapper
+from sfnet_d2.engine import SFNetCheckpointer, install_nonfinite_loss_guard
 
 
 class Trainer(DefaultTrainer):
@@ -45,6 +46,20 @@ class Trainer(DefaultTrainer):
         raise ValueError(
             f"TEST.SFNET_EVALUATOR={choice!r} is not one of 'auto', 'sem_seg', 'cityscapes'"
         )
+
+    @classmethod
+    def build_model(cls, cfg):
+        # A NaN/inf loss term stops training before the optimizer step, naming the term.
+        return install_nonfinite_loss_guard(super().build_model(cfg))
+
+    def build_hooks(self):
+        # Atomic checkpoint writes, weights_only reads, no silent partial loads (sfnet_d2.engine).
+        # Replaced here because DefaultTrainer.__init__ hands self.checkpointer to the
+        # PeriodicCheckpointer hook inside build_hooks().
+        self.checkpointer = SFNetCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -110,7 +125,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SFNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

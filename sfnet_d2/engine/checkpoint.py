@@ -1,0 +1,232 @@
+"""
+``SFNetCheckpointer``: detectron2's ``DetectionCheckpointer`` made safe for long jobs on shared
+clusters.
+
+* **Atomic writes.** A checkpoint is written to a temporary file in the same folder, flushed to
+  disk and renamed over its final name; ``last_checkpoint`` is updated the same way and only after
+  the checkpoint is complete. A job killed at any moment leaves either the old or the new file,
+  never a truncated one, and ``last_checkpoint`` never names a broken file.
+* **Safe reads.** Files are read with ``torch.load(..., weights_only=True)`` (no code runs while
+  unpickling); detectron2/Caffe2 ``.pkl`` files go through an unpickler that only builds numpy
+  arrays and plain containers. A file that cannot be read is named in the error with what to do.
+* **No silent partial loads.** fvcore only *logs* keys that do not match, so a checkpoint of
+  another architecture would leave a mostly random model training quietly. Here every mismatch is
+  listed and loading stops, except
+
+  - weights of whole top-level modules the file does not contain at all (an ImageNet backbone
+    file leaves the head to its random init; logged), and
+  - class-specific weights (the last classifier layers, ``CLASS_SPECIFIC_PATTERNS``) whose shape
+    differs because the class set differs (fine-tuning on another dataset): re-initialised with
+    an explicit warning.
+"""
+import logging
+import os
+import pickle
+import re
+import tempfile
+from typing import Any, Dict, Iterable, List, Sequence
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["SFNetCheckpointer", "CheckpointMismatchError", "atomic_write_bytes"]
+
+logger = logging.getLogger(__name__)
+
+# Parameters whose shape depends on the number of classes. A shape mismatch there is the normal
+# consequence of fine-tuning on another dataset, not of loading the wrong architecture.
+CLASS_SPECIFIC_PATTERNS = (
+    r"(^|\.)predictor\.",           # SFNet / FCN classifiers
+    r"(^|\.)dsn_heads\.\d+\.2\.",   # the 1x1 classifier of each deep-supervision head
+    r"(^|\.)fc_cls\.",              # K-Net classification heads
+    r"(^|\.)stuff_kernels?\b",      # K-Net: one kernel per stuff class
+    r"(^|\.)conv_seg\.",            # K-Net semantic kernel conv
+)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The file does not fit the model: it lists every mismatch."""
+
+
+def atomic_write_bytes(path: str, write_fn) -> None:
+    """Call ``write_fn(fileobj)`` on a temporary file next to ``path``, then rename it over
+    ``path``. The rename is atomic on POSIX file systems, so readers see the old or new file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt/SystemExit: never leave the half-written temporary behind.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles detectron2/Caffe2 weight files (dicts of numpy arrays) and nothing else."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a plain weight array")
+
+
+def _matches_any(key: str, patterns: Iterable[str]) -> bool:
+    return any(re.search(p, key) for p in patterns)
+
+
+class SFNetCheckpointer(DetectionCheckpointer):
+    """See the module docstring. A drop-in replacement for ``DetectionCheckpointer``."""
+
+    def __init__(self, model, save_dir="", *, strict: bool = True,
+                 class_specific_patterns: Sequence[str] = CLASS_SPECIFIC_PATTERNS, **kwargs):
+        """
+        Args:
+            strict: stop on mismatches (see module docstring); False restores fvcore's behaviour
+                of logging them and loading what fits.
+            class_specific_patterns: regexes of parameter names allowed to differ in shape
+                (re-initialised with a warning).
+        """
+        super().__init__(model, save_dir, **kwargs)
+        self.strict = strict
+        self.class_specific_patterns = tuple(class_specific_patterns)
+
+    # ---------------------------------------------------------------- writing
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write_bytes(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write_bytes(path, lambda f: f.write(last_filename_basename.encode()))
+
+    # ---------------------------------------------------------------- reading
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(
+                f"Checkpoint {filename} does not exist (MODEL.WEIGHTS or OUTPUT_DIR/last_checkpoint)"
+            )
+        if filename.endswith(".pkl"):
+            try:
+                with open(filename, "rb") as f:
+                    data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            except Exception as e:
+                raise RuntimeError(
+                    f"Cannot read {filename} as a detectron2/Caffe2 .pkl weight file: {e}. Only "
+                    "dicts of numpy arrays are accepted; convert other files to a state_dict .pth"
+                ) from e
+            if "model" in data and "__author__" in data:
+                return {"model": data["model"], "__author__": data["__author__"],
+                        "matching_heuristics": True}
+            return {"model": data.get("blobs", data), "__author__": "Caffe2",
+                    "matching_heuristics": True}
+        try:
+            data = torch.load(filename, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise RuntimeError(
+                f"Refusing to load {filename}: it needs arbitrary code to unpickle "
+                f"(torch.load weights_only=True failed: {str(e).splitlines()[0]}). Re-save only its "
+                "state_dict with torch.save(model.state_dict(), path) from a trusted session"
+            ) from e
+        except (RuntimeError, EOFError, OSError) as e:
+            raise RuntimeError(
+                f"Checkpoint {filename} is damaged or truncated ({type(e).__name__}: {e}); "
+                "delete it and resume from an earlier checkpoint, or point MODEL.WEIGHTS at a "
+                "good file"
+            ) from e
+        if not isinstance(data, dict):
+            raise RuntimeError(f"Checkpoint {filename} holds a {type(data).__name__}, not a dict")
+        if "model" not in data:
+            data = {"model": data}
+        return data
+
+    def _load_model(self, checkpoint: Any):
+        model_state = self.model.state_dict()
+        ckpt_state = checkpoint["model"]
+        reinit = self._drop_class_specific_mismatches(model_state, ckpt_state)
+        incompatible = super()._load_model(checkpoint)
+        if not self.strict:
+            return incompatible
+        unexpected = list(incompatible.unexpected_keys)
+        shapes = [s for s in incompatible.incorrect_shapes if s[0] not in reinit]
+        missing = self._missing_in_partly_covered_modules(
+            [k for k in incompatible.missing_keys if k not in reinit], ckpt_state.keys()
+        )
+        if unexpected or shapes or missing:
+            raise CheckpointMismatchError(self._describe(missing, unexpected, shapes))
+        return incompatible
+
+    # ---------------------------------------------------------------- helpers
+    def _drop_class_specific_mismatches(self, model_state, ckpt_state) -> List[str]:
+        reinit = []
+        for key in list(ckpt_state):
+            if key not in model_state or not _matches_any(key, self.class_specific_patterns):
+                continue
+            if tuple(ckpt_state[key].shape) != tuple(model_state[key].shape):
+                logger.warning(
+                    f"Class-specific weight {key}: checkpoint shape {tuple(ckpt_state[key].shape)} "
+                    f"!= model shape {tuple(model_state[key].shape)} (another class set); it keeps "
+                    "its random initialisation"
+                )
+                del ckpt_state[key]
+                reinit.append(key)
+        return reinit
+
+    @staticmethod
+    def _missing_in_partly_covered_modules(missing: Iterable[str], ckpt_keys: Iterable[str]):
+        """Missing keys are fine for a top-level module the file has nothing of (e.g. the head,
+        when starting from ImageNet backbone weights); inside a module the file does cover they
+        mean the file is another architecture."""
+        covered = {k.split(".", 1)[0] for k in ckpt_keys}
+        bad, absent = [], set()
+        for key in missing:
+            top = key.split(".", 1)[0]
+            (bad.append(key) if top in covered else absent.add(top))
+        for top in sorted(absent):
+            logger.info(f"The checkpoint has no weights for '{top}': it keeps its initialisation")
+        return bad
+
+    @staticmethod
+    def _describe(missing, unexpected, shapes) -> str:
+        def block(title, items):
+            if not items:
+                return ""
+            shown = "\n".join(f"    {x}" for x in items[:30])
+            more = f"\n    ... and {len(items) - 30} more" if len(items) > 30 else ""
+            return f"\n  {title} ({len(items)}):\n{shown}{more}"
+
+        shape_lines = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in shapes]
+        return (
+            "The checkpoint does not match the model (is it for another architecture or config?)"
+            + block("missing in the checkpoint", list(missing))
+            + block("unexpected in the checkpoint", list(unexpected))
+            + block("shape mismatches", shape_lines)
+            + "\n  Use the config the checkpoint was trained with; for official SFSegNets files run "
+            "projects/SFNet/convert_official.py first."
+        )
+
