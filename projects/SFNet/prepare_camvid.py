@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""
+Write CamVid (SegNet version) labels with void as 255 (once, before training).
+
+    python projects/SFNet/prepare_camvid.py [--root DIR] [--splits train val test] [--overwrite] [--num-workers N]
+
+Reads ROOT/{train,val,test}annot/*.png (classes 0..10, void 11), maps them with
+sfnet_d2/data/label_mappings/camvid11_void_to_ignore.csv (11 -> 255, the rest unchanged) and writes
+ROOT/{train,val,test}annot_ignore255/*.png, read by camvid_sem_seg_{train,val,test}.
+ROOT defaults to $DETECTRON2_DATASETS/CamVid. Existing outputs are kept unless --overwrite.
+See docs/DATASETS.md.
+"""
+from sfnet_d2.data.datasets.prepare import prepare_main
+
+if __name__ == "__main__":
+    prepare_main("camvid", __doc__)

@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""
+Write Mapillary Vistas v1.2 labels as the 19 Cityscapes trainIds (once, before training).
+
+    python projects/SFNet/prepare_mapillary.py [--root DIR] [--splits train val] [--overwrite] [--num-workers N]
+
+Reads ROOT/{training,validation}/labels/*.png (v1.2 zip; the v2.0 zip's v1.2/labels/ also works),
+maps the 66 labels with sfnet_d2/data/label_mappings/mapillary_vistas_v1.2_to_cityscapes19.csv
+(RobustNet's grouping, which the paper follows; the rest -> 255) and writes
+ROOT/{training,validation}/labels_cityscapes19/*.png, read by mapillary_vistas_19_sem_seg_{train,val}.
+ROOT defaults to $DETECTRON2_DATASETS/mapillary_vistas. If ROOT/config.json (or config_v1.2.json)
+exists, its label list is checked against the mapping first. Existing outputs are kept unless
+--overwrite. See docs/DATASETS.md.
+"""
+from sfnet_d2.data.datasets.prepare import prepare_main
+
+if __name__ == "__main__":
+    prepare_main("mapillary", __doc__)
