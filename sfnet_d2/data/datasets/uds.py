@@ -115,7 +115,10 @@ def _judge(name: str, split: str, images: int) -> Tuple[str, str]:
     known = KNOWN_DIFFERENCES.get((name, split))
     if known and images == known[0]:
         return "ok*", known[1]
-    return "MISMATCH", f"{images} images, Table 2 has {expected}"
+    detail = f"{images} images, Table 2 has {expected}"
+    if known:
+        detail += f"; expected {known[0]}: {known[1]}"
+    return "MISMATCH", detail
 
 
 def check_uds(datasets_root: str) -> List[UdsCount]:
