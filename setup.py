@@ -20,6 +20,8 @@ setup(
     version="0.1.0",
     description="SFNet and SFNet-Lite (semantic flow segmentation) for detectron2",
     packages=find_packages(include=["sfnet_d2", "sfnet_d2.*"]),
+    # label mapping tables (CSV data read by sfnet_d2.data.datasets), for non-editable installs
+    package_data={"sfnet_d2": ["data/label_mappings/*.csv"]},
     python_requires=">=3.9",
     install_requires=requirements,
 )
