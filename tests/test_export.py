@@ -1,0 +1,187 @@
+"""TorchScript / ONNX export: exported logits equal the PyTorch model's, the graph is static."""
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_cfg
+from detectron2.modeling import build_model
+from torch import nn
+
+from sfnet_d2.export import (
+    ExportVerificationError,
+    StaticAdaptiveAvgPool2d,
+    adaptive_pool_matrix,
+    build_network_part,
+    export_onnx,
+    export_torchscript,
+    list_images,
+    load_exported,
+    load_images_for_export,
+    verify_export,
+)
+from sfnet_d2.modeling.flow_alignment import flow_warp
+
+HEIGHT, WIDTH = 64, 128
+CONFIGS = {
+    "sfnet_R18": "configs/cityscapes/semantic/sfnet_R18.yaml",
+    "sfnet_lite_R18": "configs/cityscapes/semantic/sfnet_lite_R18.yaml",
+    "sfnet_DF1": "configs/cityscapes/semantic/sfnet_DF1.yaml",
+}
+NUM_WARPS = {"sfnet_R18": 3, "sfnet_lite_R18": 2, "sfnet_DF1": 2}  # FAMs x1, GD-FAM x2
+
+
+def _randomize_norms(model, seed=0):
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh model's BN is almost the
+    identity) and a scaled classifier, so that logits are O(1-10) and 1e-4 is a strict bound."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    model.sem_seg_head.predictor.weight.data.mul_(10.0)
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def model_and_name(request):
+    torch.manual_seed(0)
+    model = build_model(make_cfg(CONFIGS[request.param])).eval()
+    return _randomize_norms(model), request.param
+
+
+@pytest.fixture(scope="module")
+def demo_images(demo_root):
+    files = list_images(os.path.join(demo_root, "leftImg8bit", "val", "valcity"))[:2]
+    return load_images_for_export(files, HEIGHT, WIDTH, "RGB")
+
+
+# --- static adaptive pooling ---------------------------------------------------------------
+
+def test_adaptive_pool_matrix_hand_computed():
+    # PyTorch windows for 5 -> 3: [0, 2), [1, 4), [3, 5) (overlapping)
+    expected = np.array([[1 / 2, 1 / 2, 0, 0, 0],
+                         [0, 1 / 3, 1 / 3, 1 / 3, 0],
+                         [0, 0, 0, 1 / 2, 1 / 2]])
+    np.testing.assert_allclose(adaptive_pool_matrix(5, 3), expected)
+
+
+@pytest.mark.parametrize("size,bins", [((2, 4), 6), ((32, 64), 3), ((7, 5), (2, 3)), ((6, 6), 1)])
+def test_static_pool_equals_adaptive_avg_pool(size, bins):
+    x = torch.randn(2, 3, *size)
+    np.testing.assert_allclose(StaticAdaptiveAvgPool2d(bins)(x).numpy(),
+                               F.adaptive_avg_pool2d(x, bins).numpy(), atol=1e-6)
+
+
+# --- whole models, both formats ------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_matches_pytorch_on_demo_images(model_and_name, demo_images, fmt, tmp_path):
+    model, name = model_and_name
+    part = build_network_part(model, HEIGHT, WIDTH)
+    if fmt == "torchscript":
+        path = export_torchscript(part, str(tmp_path / "model.ts"))
+    else:
+        path = export_onnx(part, str(tmp_path / "model.onnx"), opset=16)
+        _check_static_onnx_graph(path, NUM_WARPS[name])
+    exported = load_exported(path, part.output_names)
+    report = verify_export(exported, part, demo_images, model=model, atol=1e-4)
+    assert report["max_abs_diff"]["sem_seg"] <= 1e-4
+    # the comparison is meaningful: logits are far from zero and differ between images
+    out = [exported(im.transpose(2, 0, 1)[None].astype(np.float32))[0] for im in demo_images]
+    assert out[0].shape == (1, 19, HEIGHT, WIDTH)
+    assert np.abs(out[0]).max() > 1.0
+    assert np.abs(out[0] - out[1]).max() > 1e-2
+
+
+def _check_static_onnx_graph(path, num_warps):
+    graph = onnx.load(path)
+    assert graph.opset_import[0].version == 16
+    ops = Counter(n.op_type for n in graph.graph.node)
+    assert ops["GridSample"] == num_warps
+    # The official warp builds its grid with torch.linspace from the feature size: in a static
+    # export it must be a constant, not a Range/loop computed at run time; no adaptive pooling.
+    assert not {"Range", "Loop", "If", "NonZero", "Pad", "AveragePool"} & set(ops), ops
+    inferred = onnx.shape_inference.infer_shapes(graph, data_prop=True).graph
+    values = list(inferred.value_info) + list(inferred.output)
+    dynamic = [v.name for v in values
+               if any(not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)]
+    assert not dynamic, dynamic[:5]
+    out_dims = [d.dim_value for d in inferred.output[0].type.tensor_type.shape.dim]
+    assert out_dims == [1, 19, HEIGHT, WIDTH]
+
+
+def test_size_not_multiple_of_32_is_padded_like_the_model(demo_images, tmp_path):
+    torch.manual_seed(1)
+    model = _randomize_norms(build_model(make_cfg(CONFIGS["sfnet_lite_R18"])).eval(), seed=1)
+    h, w = 40, 70  # padded to 64x96 inside, cropped back
+    part = build_network_part(model, h, w)
+    assert (part.padded_height, part.padded_width) == (64, 96)
+    images = [np.ascontiguousarray(im[:h, :w]) for im in demo_images]
+    exported = load_exported(export_onnx(part, str(tmp_path / "m.onnx")), part.output_names)
+    report = verify_export(exported, part, images, model=model, atol=1e-4)
+    assert report["max_abs_diff"]["sem_seg"] <= 1e-4
+
+
+def test_flow_warp_alone_exports_with_nonzero_flow(tmp_path):
+    """The warp (linspace grid + GridSample) on its own: ONNX equals eager for a real flow."""
+
+    class Warp(nn.Module):
+        def forward(self, feature, flow):
+            return flow_warp(feature, flow, (12, 20), align_corners=True)
+
+    feature, flow = torch.randn(1, 4, 6, 10), torch.randn(1, 2, 12, 20) * 3
+    path = str(tmp_path / "warp.onnx")
+    torch.onnx.export(Warp(), (feature, flow), path, opset_version=16, dynamo=False,
+                      input_names=["feature", "flow"])
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"feature": feature.numpy(), "flow": flow.numpy()})[0]
+    np.testing.assert_allclose(got, Warp()(feature, flow).numpy(), atol=1e-5)
+    assert "Range" not in {n.op_type for n in onnx.load(path).graph.node}
+
+
+# --- errors ------------------------------------------------------------------------------
+
+def test_errors_name_the_problem(tmp_path, demo_images):
+    model = build_model(make_cfg(CONFIGS["sfnet_lite_R18"])).eval()
+    part = build_network_part(model, HEIGHT, WIDTH)
+    with pytest.raises(ValueError, match="GridSample"):
+        export_onnx(part, str(tmp_path / "m.onnx"), opset=13)
+    ts = load_exported(export_torchscript(part, str(tmp_path / "m.ts")), part.output_names)
+    with pytest.raises(Exception, match=r"exported for input shape \[1, 3, 64, 128\]"):
+        ts(torch.zeros(1, 3, 32, 64))
+    # a verification that must fail: compare against a model with other weights
+    other = _randomize_norms(build_model(make_cfg(CONFIGS["sfnet_lite_R18"])).eval(), seed=5)
+    with pytest.raises(ExportVerificationError, match="differ from PyTorch"):
+        verify_export(ts, build_network_part(other, HEIGHT, WIDTH), demo_images[:1], model=other)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        list_images(str(tmp_path / "nope.png"))
+
+
+def test_export_command(demo_root, tmp_path):
+    import export_model
+
+    out = tmp_path / "export"
+    rc = export_model.main([
+        "--config-file", os.path.join(os.path.dirname(__file__), "..", CONFIGS["sfnet_lite_R18"]),
+        "--format", "onnx", "--height", "64", "--width", "128", "--output", str(out),
+        "--verify-images", os.path.join(demo_root, "leftImg8bit", "val", "valcity"),
+        "--num-verify-images", "1",
+        "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
+    ])
+    assert rc == 0
+    info = json.loads((out / "model.json").read_text())
+    assert info["input"]["shape"] == [1, 3, 64, 128] and info["outputs"] == ["sem_seg"]
+    assert info["onnx_opset"] == 17
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_model.main(["--config-file", CONFIGS["sfnet_lite_R18"], "--format", "onnx",
+                           "--height", "64", "--width", "128", "--output", str(out)])
