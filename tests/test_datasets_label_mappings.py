@@ -94,6 +94,9 @@ def test_remap_values_and_unknown_values_are_errors():
     np.testing.assert_array_equal(m.remap(src), [[0, 13, 10], [255, 255, 0]])
     with pytest.raises(ValueError, match=r"some_file\.png.*\[70\]"):
         m.remap(np.array([[1, 70]], dtype=np.uint8), where="some_file.png")
+    np.testing.assert_array_equal(m.remap(src.astype(np.int32)), m.remap(src))  # e.g. 'I' PNGs
+    with pytest.raises(ValueError, match=r"\[300\]"):
+        m.remap(np.array([[1, 300]], dtype=np.int32))
 
 
 @pytest.mark.parametrize("body, match", [

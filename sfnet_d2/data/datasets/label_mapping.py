@@ -83,18 +83,23 @@ class LabelMapping:
         an error naming ``where`` (e.g. the file), never silently ignored."""
         if label.ndim != 2:
             raise ValueError(f"{where}: expected a single-channel label map, got shape {label.shape}")
-        values = np.unique(label)
-        unknown = values[(values < 0) | (values > 255)]
-        if unknown.size == 0:
-            unknown = values[self.lookup_table[values.astype(np.int64)] < 0]
-        if unknown.size:
-            raise ValueError(
-                f"{where} contains values {unknown.tolist()[:10]} that are not source labels of "
-                f"{self.path} (ids {min(self.source_ids)}..{max(self.source_ids)}): is it the right "
-                "kind of label file?"
-            )
-        return self.lookup_table[label.astype(np.int64)].astype(np.uint8)
+        if label.dtype != np.uint8:
+            out_of_range = np.unique(label[(label < 0) | (label > 255)])
+            if out_of_range.size:
+                self._raise_unknown(out_of_range, where)
+            label = label.astype(np.int64)
+        out = self.lookup_table[label]  # uint8 indices directly: the fast path for real labels
+        bad = out < 0
+        if bad.any():
+            self._raise_unknown(np.unique(label[bad]), where)
+        return out.astype(np.uint8)
 
+    def _raise_unknown(self, values: np.ndarray, where: str):
+        raise ValueError(
+            f"{where} contains values {values.tolist()[:10]} that are not source labels of "
+            f"{self.path} (ids {min(self.source_ids)}..{max(self.source_ids)}): is it the right "
+            "kind of label file?"
+        )
 
 @functools.lru_cache(maxsize=None)
 def load_label_mapping(name_or_path: str) -> LabelMapping:
