@@ -69,4 +69,62 @@ def add_sfnet_config(cfg):
     # datasets whose metadata says evaluator_type "cityscapes_sem_seg", else SemSegEvaluator
     # (mIoU, fwIoU, per-class IoU/accuracy); "sem_seg" or "cityscapes" force one.
     cfg.TEST.SFNET_EVALUATOR = "auto"
+    _add_training_recipe_config(cfg)
     return cfg
+
+
+def _add_training_recipe_config(cfg):
+    """The official/paper training recipe beyond the model: photometric augmentation, class-
+    uniform sampling with coarse boosting, epoch-based schedules (docs/TRAINING.md). Defaults are
+    the official Cityscapes scripts (../shared/reference/official-sfnet.md section 4)."""
+    # Padding of images smaller than the crop: "centered" = official RandomCrop(nopad=False)
+    # ((crop - side) // 2 + 1 on both sides); "bottom_right" = only the missing rows/columns.
+    cfg.INPUT.SFNET.PAD_MODE = "centered"
+    # Official ColorJitter(0.25, 0.25, 0.25, 0.25) on the crop: factors from U[1 - v, 1 + v] for
+    # brightness/contrast/saturation, a hue shift from U[-v, v] (turns), random order. Image only.
+    cfg.INPUT.SFNET.COLOR_JITTER = CN()
+    cfg.INPUT.SFNET.COLOR_JITTER.ENABLED = True
+    cfg.INPUT.SFNET.COLOR_JITTER.BRIGHTNESS = 0.25
+    cfg.INPUT.SFNET.COLOR_JITTER.CONTRAST = 0.25
+    cfg.INPUT.SFNET.COLOR_JITTER.SATURATION = 0.25
+    cfg.INPUT.SFNET.COLOR_JITTER.HUE = 0.25
+    # Official RandomGaussianBlur: sigma from U[0.15, 1.3] pixels, applied to every crop (PROB 1).
+    cfg.INPUT.SFNET.GAUSSIAN_BLUR = CN()
+    cfg.INPUT.SFNET.GAUSSIAN_BLUR.ENABLED = True
+    cfg.INPUT.SFNET.GAUSSIAN_BLUR.SIGMA_RANGE = [0.15, 1.3]
+    cfg.INPUT.SFNET.GAUSSIAN_BLUR.PROB = 1.0
+
+    # Class-uniform sampling (sfnet_d2/data/uniform_sampling.py).
+    cfg.DATALOADER.SFNET = CN()
+    # Fraction of training samples that are centroid crops (official --class_uniform_pct 0.5;
+    # 0 = plain random images, detectron2's TrainingSampler).
+    cfg.DATALOADER.SFNET.CLASS_UNIFORM_PCT = 0.5
+    # "epoch" = official build_epoch: every epoch of N samples holds int(N * PCT / num_classes)
+    # centroid crops of each class and N - that * num_classes random images, shuffled;
+    # "random" = each sample independently a centroid crop with probability PCT (class uniform
+    # among classes that have centroids), else a random image.
+    cfg.DATALOADER.SFNET.CLASS_UNIFORM_MODE = "epoch"
+    # Side of the square tiles (official --class_uniform_tile 1024): one centroid per class per
+    # full tile of each label map; an image smaller than a tile gives none (as official).
+    cfg.DATALOADER.SFNET.CLASS_UNIFORM_TILE = 1024
+    # Folder of the centroid caches (JSON, validated against the label files' paths, sizes and
+    # mtimes); "" = OUTPUT_DIR/centroid_cache. Point it at a shared folder to compute once.
+    cfg.DATALOADER.SFNET.CENTROID_CACHE_DIR = ""
+    # Coarse boosting: centroids of COARSE_BOOST_CLASSES from this dataset's labels are added to
+    # the fine ones (official coarse-boost scripts: cityscapes_coarse_sem_seg_train_extra and
+    # trainIds [14, 15, 16, 3, 12, 17, 4]). "" / [] = off; both must be set together.
+    cfg.DATALOADER.SFNET.COARSE_BOOST_DATASET = ""
+    cfg.DATALOADER.SFNET.COARSE_BOOST_CLASSES = []
+
+    # Schedules in epochs (sfnet_d2/solver/). One epoch = floor(ceil(N / W) / (IMS_PER_BATCH / W))
+    # iterations for N training images over W processes: the official DistributedSampler padding
+    # and drop_last (2975 images, 8 GPUs x 2 -> 186). SOLVER.LR_SCHEDULER_NAME
+    # "WarmupPolyEpochLR" steps the poly LR per epoch as the official LambdaLR (epoch e uses
+    # lr * (1 - (e + 1) / E) ** POLY_LR_POWER); "WarmupPolyLR" steps it per iteration.
+    cfg.SOLVER.SFNET = CN()
+    # > 0: SOLVER.MAX_ITER = MAX_EPOCHS * iterations per epoch (official --max_epoch 300 / 1000).
+    cfg.SOLVER.SFNET.MAX_EPOCHS = 0
+    # Iterations per epoch; 0 = computed as above from DATASETS.TRAIN (train_net.py records it).
+    cfg.SOLVER.SFNET.ITERS_PER_EPOCH = 0
+    # W in the formula above; 0 = the number of training processes of the run (official: 8).
+    cfg.SOLVER.SFNET.EPOCH_WORLD_SIZE = 0

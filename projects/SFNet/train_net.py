@@ -19,14 +19,14 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import CityscapesSemSegEvaluator, SemSegEvaluator, verify_results
-from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and datasets)
 from sfnet_d2 import add_sfnet_config
-from sfnet_d2.data import SFNetSemanticDatasetMapper
+from sfnet_d2.data import SFNetSemanticDatasetMapper, build_sfnet_train_loader
 from sfnet_d2.engine import SFNetCheckpointer, install_nonfinite_loss_guard
+from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
 
 
 class Trainer(DefaultTrainer):
@@ -63,7 +63,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SFNetSemanticDatasetMapper(cfg, True))
+        # class-uniform sampling and coarse boosting (DATALOADER.SFNET.*, docs/TRAINING.md)
+        return build_sfnet_train_loader(cfg, mapper=SFNetSemanticDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -72,7 +73,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        # WarmupPolyLR: lr = base * (1 - iter / max_iter) ** SOLVER.POLY_LR_POWER, per iteration.
+        # WarmupPolyLR: lr = base * (1 - iter / max_iter) ** SOLVER.POLY_LR_POWER, per iteration;
+        # WarmupPolyEpochLR: the official per-epoch poly (sfnet_d2/solver, docs/TRAINING.md).
         return build_lr_scheduler(cfg, optimizer)
 
     def state_dict(self):
@@ -110,14 +112,22 @@ def build_config(config_file: str, opts=()):
             logging.getLogger("sfnet_d2").warning(
                 "No CUDA: using naiveSyncBN instead of SyncBN (same statistics over processes)"
             )
+        if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer needs CUDA
+            cfg.SOLVER.AMP.ENABLED = False
+            logging.getLogger("sfnet_d2").warning("No CUDA: SOLVER.AMP.ENABLED turned off (fp32)")
     cfg.freeze()
     return cfg
 
 
 def setup(args):
     cfg = build_config(args.config_file, args.opts)
+    schedule = None
+    if not args.eval_only:  # SOLVER.SFNET.MAX_EPOCHS -> SOLVER.MAX_ITER, before config.yaml is saved
+        cfg, schedule = resolve_epoch_schedule(cfg)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sfnet_d2")
+    if schedule:
+        logging.getLogger("sfnet_d2").info(schedule)
     return cfg
 
 

@@ -2,6 +2,8 @@
 Dataset mapper for SFNet semantic segmentation: reads the image and its label map, checks the
 label (same size as the image, values in the class set or the ignore value: errors name the
 file), applies the training augmentations and returns detectron2's ``image`` / ``sem_seg``.
+A record from class-uniform sampling (``uniform_sampling.py``) carries ``sfnet_centroid``
+((x, y) in the image): its training crop is placed around that point.
 """
 import copy
 import logging
@@ -14,7 +16,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
-from .transforms import build_sfnet_train_augmentations
+from .transforms import CentroidAugInput, build_sfnet_train_augmentations
 
 __all__ = ["SFNetSemanticDatasetMapper", "read_and_check_label"]
 
@@ -81,9 +83,16 @@ class SFNetSemanticDatasetMapper:
         ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         augs = []
         if is_train:
+            jitter, blur = cfg.INPUT.SFNET.COLOR_JITTER, cfg.INPUT.SFNET.GAUSSIAN_BLUR
             augs = build_sfnet_train_augmentations(
                 cfg.INPUT.SFNET.SCALE_RANGE, cfg.INPUT.SFNET.CROP_SIZE, cfg.INPUT.SFNET.FLIP_PROB,
                 ignore,
+                pad_mode=cfg.INPUT.SFNET.PAD_MODE,
+                color_jitter=(jitter.BRIGHTNESS, jitter.CONTRAST, jitter.SATURATION, jitter.HUE)
+                if jitter.ENABLED else None,
+                blur_sigma_range=blur.SIGMA_RANGE if blur.ENABLED else None,
+                blur_prob=blur.PROB,
+                image_format=cfg.INPUT.FORMAT,
             )
         names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
         if names:
@@ -118,7 +127,12 @@ class SFNetSemanticDatasetMapper:
             )
         if not self.is_train:
             label = None  # evaluators read the ground truth themselves
-        aug_input = T.AugInput(image, sem_seg=label)
+        # class-uniform samples: the crop must contain this (x, y) pixel of the image; its
+        # centre (+0.5) is what the geometric transforms move (exact under flips and resizes)
+        centroid = dataset_dict.pop("sfnet_centroid", None) if self.is_train else None
+        if centroid is not None:
+            centroid = (centroid[0] + 0.5, centroid[1] + 0.5)
+        aug_input = CentroidAugInput(image, sem_seg=label, centroid=centroid)
         self.augmentations(aug_input)
         image = aug_input.image
         # ascontiguousarray: flips return negative-stride views that torch cannot wrap

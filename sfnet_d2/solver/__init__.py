@@ -1,0 +1,3 @@
+from .epochs import (iterations_per_epoch, resolve_epoch_schedule, resolve_iters_per_epoch,
+                     training_set_size)
+from .lr_scheduler import WarmupPolyEpochLR, build_lr_scheduler
