@@ -69,6 +69,27 @@ def add_sfnet_config(cfg):
     # datasets whose metadata says evaluator_type "cityscapes_sem_seg", else SemSegEvaluator
     # (mIoU, fwIoU, per-class IoU/accuracy); "sem_seg" or "cityscapes" force one.
     cfg.TEST.SFNET_EVALUATOR = "auto"
+
+    # Inference protocol of evaluations (Trainer.test: --eval-only and in-training evals),
+    # sfnet_d2/modeling/test_time.py, docs/EVALUATION.md. Defaults = the paper's protocol: whole
+    # image, single scale, no flip (= SemanticSegmentor's own inference). Official eval.py
+    # defaults: MODE "slide", SCALES [0.5, 1.0, 2.0], FLIP True, crop 832, overlap 1/3.
+    # (detectron2's TEST.AUG.* is not used: its MIN_SIZES are absolute sizes, ENABLED is an error.)
+    cfg.TEST.SFNET = CN()
+    # "whole": one pass over the image; "slide": sliding windows, overlapping logits averaged.
+    cfg.TEST.SFNET.MODE = "whole"
+    # Resize factors of the image; the logits of every scale are resized back and averaged.
+    cfg.TEST.SFNET.SCALES = [1.0]
+    # Also run every scale on the mirrored image (mirrored back, averaged).
+    cfg.TEST.SFNET.FLIP = False
+    # Side of the square sliding window (official --crop_size 832).
+    cfg.TEST.SFNET.SLIDE_CROP_SIZE = 832
+    # Fraction of a window shared with the next: stride = ceil(crop * (1 - overlap)) (official 1/3).
+    cfg.TEST.SFNET.SLIDE_OVERLAP = 1.0 / 3
+    # At a scale s > 1 the window side is int(crop * s), as in the official eval.py; False = fixed.
+    cfg.TEST.SFNET.SLIDE_CROP_GROWS_WITH_SCALE = True
+    # Windows per forward pass (speed only; results do not depend on it).
+    cfg.TEST.SFNET.SLIDE_BATCH_SIZE = 1
     _add_training_recipe_config(cfg)
     return cfg
 

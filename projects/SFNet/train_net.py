@@ -26,6 +26,7 @@ import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and dataset
 from sfnet_d2 import add_sfnet_config
 from sfnet_d2.data import SFNetSemanticDatasetMapper, build_sfnet_train_loader
 from sfnet_d2.engine import SFNetCheckpointer, install_nonfinite_loss_guard
+from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
 from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
 
 
@@ -70,6 +71,12 @@ class Trainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name,
                                            mapper=SFNetSemanticDatasetMapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # Used by --eval-only and the in-training evaluations: whole image / sliding window,
+        # multi-scale + flip as TEST.SFNET.* says (the model itself for the default protocol).
+        return super().test(cfg, wrap_with_inference_protocol(cfg, model), evaluators)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -138,9 +145,7 @@ def main(args):
         SFNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        res = Trainer.test(cfg, model)
-        if cfg.TEST.AUG.ENABLED:
-            raise NotImplementedError("TEST.AUG (multi-scale + flip) is not implemented yet")
+        res = Trainer.test(cfg, model)  # TEST.SFNET.* inference protocol, see Trainer.test
         if not comm.is_main_process():
             return res
         verify_results(cfg, res)

@@ -4,3 +4,4 @@ from .losses import ohem_cross_entropy, ohem_keep_mask
 from .neck import SFNET_NECK_REGISTRY, SFNetDecoder, SFNetLiteDecoder, build_sfnet_neck
 from .ppm import PyramidPoolingModule
 from .sem_seg_head import SFNetHead, SFNetLiteHead
+from .test_time import SemanticSegmentorWithTTA, wrap_with_inference_protocol
