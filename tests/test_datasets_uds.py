@@ -3,7 +3,6 @@ check_uds's report against the paper's Table 2 on a synthetic root."""
 import os
 import shutil
 
-import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import check_uds

@@ -104,9 +104,8 @@ class LabelMapping:
 @functools.lru_cache(maxsize=None)
 def load_label_mapping(name_or_path: str) -> LabelMapping:
     """Read and validate a mapping CSV (a file name in ``label_mappings/`` or a path); cached."""
-    path = name_or_path
-    if not os.path.isabs(path) and not os.path.exists(path):
-        path = os.path.join(LABEL_MAPPINGS_DIR, name_or_path)
+    # a bare file name is one of ours, whatever the working directory holds
+    path = name_or_path if os.sep in name_or_path else os.path.join(LABEL_MAPPINGS_DIR, name_or_path)
     with open(path, newline="") as f:
         lines = [line for line in f if not line.startswith("#")]
     rows = tuple(csv.DictReader(lines))
