@@ -412,7 +412,8 @@ def build_class_uniform_dataset(cfg):
 
     centroids = np.concatenate(rows)
     counts = np.bincount(centroids[:, 3], minlength=num_classes)
-    logger.info("Class centroids (class: fine + coarse): " + ", ".join(
+    header = "class: fine + coarse" if boost_classes else "class: count"
+    logger.info(f"Class centroids ({header}): " + ", ".join(
         f"{c}: {fine_counts[c]}" + (f"+{counts[c] - fine_counts[c]}" if boost_classes else "")
         for c in range(num_classes)))
     missing = [c for c in range(num_classes) if counts[c] == 0]

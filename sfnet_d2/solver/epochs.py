@@ -69,14 +69,16 @@ def resolve_epoch_schedule(cfg, world_size: Optional[int] = None) -> Tuple[objec
         return cfg, None
     if world_size is None:
         world_size = cfg.SOLVER.SFNET.EPOCH_WORLD_SIZE or comm.get_world_size()
-    given = cfg.SOLVER.SFNET.ITERS_PER_EPOCH > 0
-    ipe = resolve_iters_per_epoch(cfg, world_size)
+    if cfg.SOLVER.SFNET.ITERS_PER_EPOCH > 0:
+        ipe, how = int(cfg.SOLVER.SFNET.ITERS_PER_EPOCH), "SOLVER.SFNET.ITERS_PER_EPOCH"
+    else:
+        num_images = training_set_size(cfg)
+        ipe = iterations_per_epoch(num_images, cfg.SOLVER.IMS_PER_BATCH, world_size)
+        how = (f"{num_images} images, {world_size} process(es) x "
+               f"{cfg.SOLVER.IMS_PER_BATCH // world_size} images")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.SOLVER.SFNET.ITERS_PER_EPOCH = ipe
-    how = ("SOLVER.SFNET.ITERS_PER_EPOCH" if given else
-           f"{training_set_size(cfg)} images, {world_size} process(es) x "
-           f"{cfg.SOLVER.IMS_PER_BATCH // world_size} images")
     if epochs > 0:
         cfg.SOLVER.MAX_ITER = epochs * ipe
         note = f"Schedule: {epochs} epochs x {ipe} iterations ({how}) = {cfg.SOLVER.MAX_ITER} iterations"
