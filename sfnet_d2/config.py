@@ -38,6 +38,23 @@ def add_sfnet_config(cfg):
     cfg.MODEL.SFNET.DEEP_SUPERVISION = False
     # Weight of each deep-supervision loss term (official aux_weight).
     cfg.MODEL.SFNET.DSN_LOSS_WEIGHT = 1.0
+    # Optimised inference path (sfnet_d2/inference/, docs/BENCHMARK.md), used by --eval-only, the
+    # benchmark, the demo and export; training always uses the plain model. Not in the official
+    # code (it times the eager model); the logits equal the plain model's within 1e-4 in fp32.
+    cfg.MODEL.SFNET.INFERENCE = CN()
+    # Master switch: fold BatchNorm into the convs, drop deep-supervision heads and dropout, and
+    # apply the options below. False = run the model exactly as built.
+    cfg.MODEL.SFNET.INFERENCE.OPTIMIZE = True
+    # Channels-last (NHWC) memory layout for the network, oneDNN's native layout on CPU.
+    cfg.MODEL.SFNET.INFERENCE.CHANNELS_LAST = True
+    # "none" (eager), "freeze" (torch.jit.trace + torch.jit.freeze once per input size) or
+    # "optimize" (freeze + torch.jit.optimize_for_inference).
+    cfg.MODEL.SFNET.INFERENCE.TORCHSCRIPT = "freeze"
+    # Input sizes traced at most; later new sizes run the (folded) network eagerly.
+    cfg.MODEL.SFNET.INFERENCE.MAX_COMPILED_SIZES = 4
+    # "fp32", "bf16" (CPUs with bf16 support, GPUs) or "fp16" (GPUs): dtype of weights and
+    # activations; the logits are returned in fp32 either way.
+    cfg.MODEL.SFNET.INFERENCE.PRECISION = "fp32"
 
     # STDC backbones (STDCNet813 = "STDC1", STDCNet1446 = "STDC2"), registered as
     # "build_stdc_backbone"; outputs res2..res5 = feat4/8/16/32 (64/256/512/1024 channels).

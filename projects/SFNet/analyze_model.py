@@ -2,7 +2,8 @@
 """
 FLOPs and parameters of a config's network (fvcore; one multiply-add counts as one FLOP, as the
 paper and ../shared/reference/official-sfnet.md section 3 count), at the paper's 1024x2048 by
-default, in inference mode (no deep-supervision heads).
+default, in inference mode (no deep-supervision heads), with a per-module breakdown that names the
+official code's modules beside ours (layer0..4, ppm, fpn_in, fpn_out, FAMs, conv_last).
 
     python projects/SFNet/analyze_model.py --config-file configs/cityscapes/semantic/sfnet_R18.yaml
     python projects/SFNet/analyze_model.py --config-file ... --input-size 512 1024 --max-depth 3
@@ -12,41 +13,36 @@ import logging
 import os
 import sys
 
-import torch
 from detectron2.modeling import build_model
-from fvcore.nn import FlopCountAnalysis, flop_count_table
+from fvcore.nn import flop_count_table
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
 
-
-class _Network(torch.nn.Module):
-    """Backbone + head on a normalised tensor: the network alone, without pre/post-processing."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.backbone, self.head = model.backbone, model.sem_seg_head
-
-    def forward(self, x):
-        return self.head(self.backbone(x))[0]
+from sfnet_d2.inference.flops import count_network_flops, flop_breakdown  # noqa: E402
 
 
 def analyze(cfg, height: int, width: int):
+    """(fvcore analysis, total count, number of parameters) of ``cfg``'s network."""
     model = build_model(cfg).eval()
-    net = _Network(model)
-    with torch.no_grad():
-        flops = FlopCountAnalysis(net, torch.zeros(1, 3, height, width))
-        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        total = flops.total()
+    flops = count_network_flops(model, height, width)
     params = sum(p.numel() for p in model.parameters())
-    return flops, total, params
+    return flops, flops.total(), params
+
+
+def format_breakdown(flops) -> str:
+    lines = [f"{'module':<48} {'official':<24} {'GFLOPs':>9}"]
+    for row in flop_breakdown(flops):
+        name = "  " * row.depth + row.name
+        lines.append(f"{name:<48} {row.official:<24} {row.gmacs:>9.2f}")
+    return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
-    parser.add_argument("--max-depth", type=int, default=2, help="depth of the per-module table")
+    parser.add_argument("--max-depth", type=int, default=2, help="depth of fvcore's module table")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     logging.getLogger("fvcore").setLevel(logging.ERROR)
@@ -54,7 +50,9 @@ def main():
     flops, total, params = analyze(cfg, *args.input_size)
     print(flop_count_table(flops, max_depth=args.max_depth))
     h, w = args.input_size
-    print(f"{args.config_file}: {total / 1e9:.2f} GFLOPs at {h}x{w}, {params:,} parameters")
+    print(f"\nPer-module breakdown at {h}x{w} (GFLOPs = 1e9 multiply-adds):")
+    print(format_breakdown(flops))
+    print(f"\n{args.config_file}: {total / 1e9:.2f} GFLOPs at {h}x{w}, {params:,} parameters")
 
 
 if __name__ == "__main__":

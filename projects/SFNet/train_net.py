@@ -26,6 +26,7 @@ import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and dataset
 from sfnet_d2 import add_sfnet_config
 from sfnet_d2.data import SFNetSemanticDatasetMapper, build_sfnet_train_loader
 from sfnet_d2.engine import SFNetCheckpointer, install_nonfinite_loss_guard
+from sfnet_d2.inference import build_inference_model
 from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
 from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
 
@@ -145,6 +146,8 @@ def main(args):
         SFNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        # MODEL.SFNET.INFERENCE.*: BatchNorm folded, TorchScript, ... (docs/BENCHMARK.md)
+        model = build_inference_model(cfg, model)
         res = Trainer.test(cfg, model)  # TEST.SFNET.* inference protocol, see Trainer.test
         if not comm.is_main_process():
             return res

@@ -17,6 +17,7 @@ Fidelity to the official SFSegNets code (network/nn/operators.py; measured behav
   them with a spatial gate computed from ``[mean_c(h), mean_c(low), max_c(h), max_c(low)]`` where
   ``h`` is the reduced, upsampled coarse feature and ``low`` the original fine feature.
 """
+from collections import OrderedDict
 from typing import Tuple
 
 import torch
@@ -32,6 +33,47 @@ def _base_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack((grid_x, grid_y), dim=-1).unsqueeze(0)
+
+
+# Base grids and flow normalisers by (H, W, device, dtype): every warp at a given size and the
+# two warps of a GD-FAM share one grid instead of rebuilding it each call. Least recently used
+# sizes are dropped beyond _GRID_CACHE_SIZE (multi-scale testing visits a few sizes per image).
+_GRID_CACHE: "OrderedDict[tuple, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+_GRID_CACHE_SIZE = 16
+
+
+def _building_graph() -> bool:
+    # While a graph is being recorded (torch.jit.trace/script, ONNX export, torch.compile/export),
+    # a cached tensor would be baked in as a constant of one size; rebuild the grid from ops
+    # instead, so that exports keep the linspace computation.
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
+def _grid_and_normaliser(height: int, width: int, flow: torch.Tensor):
+    """The base grid (1, H, W, 2) and the flow divisor ``[W, H]``, cached outside graph capture.
+    The cached tensors are shared: callers must never modify them in place."""
+    if _building_graph():
+        norm = torch.tensor([width, height], dtype=flow.dtype, device=flow.device)
+        return _base_grid(height, width, flow), norm
+    key = (height, width, flow.device, flow.dtype)
+    cached = _GRID_CACHE.get(key)
+    if cached is None:
+        # Normal tensors even when first called under torch.inference_mode, so that a later
+        # call with autograd on may use them.
+        with torch.inference_mode(False), torch.no_grad():
+            norm = torch.tensor([width, height], dtype=flow.dtype, device=flow.device)
+            cached = (_base_grid(height, width, flow), norm)
+        _GRID_CACHE[key] = cached
+        while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
+            _GRID_CACHE.popitem(last=False)
+    else:
+        _GRID_CACHE.move_to_end(key)
+    return cached
 
 
 def flow_warp(
@@ -50,8 +92,8 @@ def flow_warp(
         raise ValueError(
             f"flow_warp: flow must have shape (N, 2, {out_h}, {out_w}), got {tuple(flow.shape)}"
         )
-    norm = torch.tensor([out_w, out_h], dtype=flow.dtype, device=flow.device)
-    grid = _base_grid(out_h, out_w, flow) + flow.permute(0, 2, 3, 1) / norm
+    base_grid, norm = _grid_and_normaliser(out_h, out_w, flow)
+    grid = base_grid + flow.permute(0, 2, 3, 1) / norm
     return F.grid_sample(
         feature, grid.to(feature.dtype), mode="bilinear", padding_mode="zeros",
         align_corners=align_corners,
