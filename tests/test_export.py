@@ -92,10 +92,10 @@ def test_export_matches_pytorch_on_demo_images(model_and_name, demo_images, fmt,
         path = export_onnx(part, str(tmp_path / "model.onnx"), opset=16)
         _check_static_onnx_graph(path, NUM_WARPS[name])
     exported = load_exported(path, part.output_names)
-    report = verify_export(exported, part, demo_images, model=model, atol=1e-4)
+    report = verify_export(exported, part, demo_images, model=model, atol=1e-4, keep_outputs=True)
     assert report["max_abs_diff"]["sem_seg"] <= 1e-4
     # the comparison is meaningful: logits are far from zero and differ between images
-    out = [exported(im.transpose(2, 0, 1)[None].astype(np.float32))[0] for im in demo_images]
+    out = [outputs[0] for outputs in report["outputs"]]
     assert out[0].shape == (1, 19, HEIGHT, WIDTH)
     assert np.abs(out[0]).max() > 1.0
     assert np.abs(out[0] - out[1]).max() > 1e-2
@@ -185,3 +185,36 @@ def test_export_command(demo_root, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_model.main(["--config-file", CONFIGS["sfnet_lite_R18"], "--format", "onnx",
                            "--height", "64", "--width", "128", "--output", str(out)])
+
+
+# --- the panoptic model's network part -------------------------------------------------------
+
+KNET_CONFIG = "configs/demo/knet_sfnet_STDC1_demo_coco.yaml"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_panoptic_knet_network_part(fmt, tmp_path):
+    if not os.path.isfile(os.path.join(os.path.dirname(__file__), "..", KNET_CONFIG)):
+        pytest.skip(f"{KNET_CONFIG} (the panoptic demo model) is not in this checkout")
+    torch.manual_seed(0)
+    model = build_model(make_cfg(KNET_CONFIG)).eval()
+    h, w = 60, 100  # padded to 64x128 inside
+    part = build_network_part(model, h, w)
+    assert part.output_names == ("cls_logits", "mask_probs")
+    path = str(tmp_path / ("m.ts" if fmt == "torchscript" else "m.onnx"))
+    (export_torchscript if fmt == "torchscript" else export_onnx)(part, path)
+    exported = load_exported(path, part.output_names)
+    image = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+    report = verify_export(exported, part, [image], atol=1e-4)
+    assert max(report["max_abs_diff"].values()) <= 1e-4
+    # the exported outputs + the Python panoptic merge = the model's own panoptic output
+    cls_logits, mask_probs = exported(image.transpose(2, 0, 1)[None].astype(np.float32))
+    assert mask_probs.shape[-2:] == (h, w) and cls_logits.shape[0] == 1
+    with torch.no_grad():
+        expected = model([{"image": torch.as_tensor(image.transpose(2, 0, 1).copy())}])[0]
+        got = model.panoptic_from_kernels(torch.from_numpy(cls_logits[0]),
+                                          torch.from_numpy(mask_probs[0]))
+    pan_expected, segments_expected = expected["panoptic_seg"]
+    pan_got, segments_got = got["panoptic_seg"]
+    assert (pan_expected == pan_got).float().mean() > 0.999
+    assert [s["category_id"] for s in segments_got] == [s["category_id"] for s in segments_expected]

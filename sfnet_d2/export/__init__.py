@@ -15,6 +15,7 @@ from .exporter import (
 )
 from .network_part import (
     NETWORK_PARTS,
+    PanopticKNetNetworkPart,
     SemanticNetworkPart,
     build_network_part,
     register_network_part,

@@ -52,14 +52,22 @@ def _example_input(part: nn.Module) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _quiet_tracing():
-    """Hide the expected tracer warnings: the size-dependent constants are the point, and the
-    deprecation notices of torch.jit / the TorchScript-based ONNX exporter are documented."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*")
-        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=r".*The feature will be removed.*")
-        yield
+    """The context of every trace/export: hide the expected tracer warnings (the size-dependent
+    constants are the point; the deprecation notices of torch.jit and of the TorchScript-based
+    ONNX exporter are documented) and use only exportable attention kernels."""
+    # nn.MultiheadAttention (K-Net's kernel interaction) takes a fused fast path in eval mode
+    # (aten::_native_multi_head_attention) that has no ONNX symbolic; trace the composite ops.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*")
+            warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", message=r".*The feature will be removed.*")
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class _StaticShapeGuard(nn.Module):
@@ -204,7 +212,7 @@ def default_metadata(cfg, part: nn.Module, fmt: str, opset: Optional[int]) -> Di
     from detectron2.data import MetadataCatalog
 
     dataset = (list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN) or [""])[0]
-    classes = list(MetadataCatalog.get(dataset).get("stuff_classes", [])) if dataset else []
+    metadata = MetadataCatalog.get(dataset) if dataset else None
     info = {
         "format": fmt,
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
@@ -218,9 +226,12 @@ def default_metadata(cfg, part: nn.Module, fmt: str, opset: Optional[int]) -> Di
                                        "std": list(cfg.MODEL.PIXEL_STD)},
         },
         "outputs": list(part.output_names),
-        "classes": classes,
+        "metadata_dataset": dataset,
         "torch_version": torch.__version__,
     }
+    for key in ("stuff_classes", "thing_classes"):
+        if metadata is not None and metadata.get(key, None):
+            info[key] = list(metadata.get(key))
     if opset is not None:
         info["onnx_opset"] = opset
     return info

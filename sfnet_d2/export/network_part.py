@@ -29,6 +29,7 @@ __all__ = [
     "register_network_part",
     "build_network_part",
     "SemanticNetworkPart",
+    "PanopticKNetNetworkPart",
 ]
 
 # meta-architecture class name -> network-part class
@@ -71,7 +72,12 @@ class _NetworkPartBase(nn.Module):
         self.height, self.width = int(height), int(width)
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone(), persistent=False)
         self.register_buffer("pixel_std", model.pixel_std.detach().clone(), persistent=False)
-        divisibility = int(getattr(model.backbone, "size_divisibility", 0) or 0)
+        # the model's own padding rule: SFNetKNet keeps it on the model (at least 32),
+        # SemanticSegmentor uses the backbone's
+        divisibility = getattr(model, "size_divisibility", None)
+        if divisibility is None:
+            divisibility = getattr(model.backbone, "size_divisibility", 0)
+        divisibility = int(divisibility or 0)
         self.padded_height = _pad_to_multiple(self.height, divisibility)
         self.padded_width = _pad_to_multiple(self.width, divisibility)
 
@@ -125,6 +131,37 @@ class SemanticNetworkPart(_NetworkPartBase):
         outputs = model([{"image": img, "height": self.height, "width": self.width}
                          for img in image])
         return (torch.stack([o["sem_seg"] for o in outputs]).cpu(),)
+
+
+@register_network_part("SFNetKNet")
+class PanopticKNetNetworkPart(_NetworkPartBase):
+    """
+    The network part of the panoptic ``SFNetKNet`` (sfnet_d2/modeling/knet/): image ->
+    ``cls_logits`` (N, K, C) and ``mask_probs`` (N, K, H, W), the last kernel-update stage's class
+    logits and mask probabilities (sigmoid, resized to the input as the model's inference does:
+    bilinear to the padded input, padding cropped). K = proposals + stuff kernels, classes in
+    the model's internal order. The panoptic merge (score sorting, thresholds, overlaps) is
+    data-dependent and stays in Python: ``model.panoptic_from_kernels(cls_logits[0],
+    mask_probs[0])`` gives the model's ``{"panoptic_seg": ...}`` from these outputs.
+    """
+
+    output_names = ("cls_logits", "mask_probs")
+
+    def __init__(self, model: nn.Module, height: int, width: int):
+        super().__init__(model, height, width)
+        self.model = model
+        self.mask_stride = int(model.feat_downsample_stride)
+
+    def forward(self, image: torch.Tensor):
+        _, stage_outputs = self.model.forward_head(self.normalize_and_pad(image))
+        cls_logits, mask_logits = stage_outputs[-1]
+        if self.mask_stride != 1:
+            # stride-8 kernel masks -> stride 4, as SFNetKNet._upsample
+            mask_logits = F.interpolate(mask_logits, scale_factor=self.mask_stride,
+                                        mode="bilinear", align_corners=False)
+        probs = F.interpolate(mask_logits.sigmoid(), size=(self.padded_height, self.padded_width),
+                              mode="bilinear", align_corners=False)
+        return cls_logits, probs[:, :, : self.height, : self.width]
 
 
 def build_network_part(model: nn.Module, height: int, width: int) -> nn.Module:

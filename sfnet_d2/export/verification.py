@@ -105,27 +105,33 @@ def _reference(part: nn.Module, model: Optional[nn.Module], image: torch.Tensor)
 
 
 def verify_export(exported: ExportedModel, part: nn.Module, images: Sequence[np.ndarray],
-                  model: Optional[nn.Module] = None, atol: float = 1e-4) -> Dict:
+                  model: Optional[nn.Module] = None, atol: float = 1e-4,
+                  keep_outputs: bool = False) -> Dict:
     """
     Run ``exported`` and the PyTorch reference on every (H, W, 3) uint8 image and compare all
-    outputs. Returns ``{"max_abs_diff": {output: value}, "per_image": [...], "atol": atol}``;
-    raises :class:`ExportVerificationError` (with the numbers) when any difference exceeds
-    ``atol``.
+    outputs. Returns ``{"max_abs_diff": {output: value}, "per_image": [...], "atol": atol}``
+    (plus ``"outputs"``, the exported outputs of every image, with ``keep_outputs``); raises
+    :class:`ExportVerificationError` (with the numbers) when any difference exceeds ``atol``.
     """
     if not images:
         raise ValueError("verify_export needs at least one image")
     names = part.output_names
-    per_image, worst = [], {n: 0.0 for n in names}
+    per_image, kept, worst = [], [], {n: 0.0 for n in names}
     for img in tqdm(images, desc=f"verify {exported.format}", unit="img"):
         if img.shape[:2] != (part.height, part.width):
             raise ValueError(f"Verification image of size {img.shape[:2]} != export size "
                              f"{(part.height, part.width)}")
         tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()[None]
-        diffs = compare_outputs(exported(tensor), _reference(part, model, tensor), names)
+        outputs = exported(tensor)
+        diffs = compare_outputs(outputs, _reference(part, model, tensor), names)
         per_image.append(diffs)
+        if keep_outputs:
+            kept.append(outputs)
         worst = {n: max(worst[n], diffs[n]) for n in names}
     report = {"max_abs_diff": worst, "per_image": per_image, "atol": atol,
               "num_images": len(images)}
+    if keep_outputs:
+        report["outputs"] = kept
     bad = {n: d for n, d in worst.items() if not d <= atol}
     if bad:
         raise ExportVerificationError(
