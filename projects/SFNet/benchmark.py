@@ -1,0 +1,368 @@
+#!/usr/bin/env python
+"""
+Inference speed of a config's model, in several inference modes timed in one run (docs/BENCHMARK.md).
+
+Protocol (the paper's by default): 1024x2048 input, batch 1, eval mode, ``torch.inference_mode``,
+warm-up runs, then N timed runs with the modes interleaved round robin (so that load from other
+processes hits every mode alike). Two phases per mode:
+
+* ``network``: the network alone on a normalised, padded image tensor -> full-resolution logits
+  (what the official timing measures);
+* ``end_to_end``: a uint8 (3, H, W) image as the data loader gives it -> normalisation, padding,
+  network, post-processing (crop / resize of the logits) -> argmax label map on the CPU.
+
+Modes: ``eager`` (the plain detectron2 model), ``optimized`` (MODEL.SFNET.INFERENCE.*, fp32),
+``optimized-eager`` (the same without TorchScript), ``bf16`` (optimised, bfloat16; CPUs with
+native bf16 and GPUs), ``fp16`` (optimised, float16; CUDA only). Unavailable modes are skipped
+with the reason printed. A 4096^3 GEMM run as a 1x1 convolution is timed in the same rounds; it
+gives the machine's fp32 convolution throughput and each model's FLOP bound
+(2 * fvcore GMACs / throughput).
+
+    python projects/SFNet/benchmark.py --config-file configs/cityscapes/semantic/sfnet_R18.yaml
+    python projects/SFNet/benchmark.py --config-file ... --input-size 512 1024 --runs 10 --threads 2
+    python projects/SFNet/benchmark.py --config-file ... --modes eager optimized --output out.json
+    python projects/SFNet/benchmark.py --config-file ... --device cuda MODEL.WEIGHTS model.pth
+"""
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import psutil
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import SemanticSegmentor, build_model
+from detectron2.structures import ImageList
+from detectron2.utils.logger import setup_logger
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_net import build_config  # noqa: E402
+
+from sfnet_d2.inference import SemanticNetwork, optimize_model  # noqa: E402
+from sfnet_d2.inference.benchmark import (  # noqa: E402
+    CLEAN_OTHER_CORES,
+    PeakMemory,
+    peak_memory_of,
+    bf16_support,
+    conv_gemm_task,
+    flop_bound_seconds,
+    round_robin,
+    summarize,
+)
+from sfnet_d2.inference.flops import count_network_flops  # noqa: E402
+
+logger = logging.getLogger("sfnet_d2.benchmark")
+
+ALL_MODES = ("eager", "optimized-eager", "optimized", "bf16", "fp16")
+DEFAULT_MODES = ("eager", "optimized", "bf16", "fp16")
+PHASES = ("network", "end_to_end")
+GEMM = "conv_gemm"
+
+
+class Mode:
+    """One way of running the model: ``model`` has the SemanticSegmentor forward(batched_inputs);
+    ``network`` maps normalised padded images to logits (None if the model has no such part)."""
+
+    def __init__(self, name: str, model: torch.nn.Module, network, description: str):
+        self.name, self.model, self.network, self.description = name, model, network, description
+
+
+def mode_unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    if name == "fp16" and device.type != "cuda":
+        return ("fp16 is timed on CUDA only: CPU convolutions have no fast float16 path "
+                "(use bf16 on CPUs)")
+    if name == "bf16":
+        return bf16_support(device)
+    return None
+
+
+def build_modes(cfg, model: torch.nn.Module, names, device) -> (List[Mode], Dict[str, str]):
+    """The requested modes that can run here, and the reasons for the others."""
+    modes, skipped = [], {}
+    settings = cfg.MODEL.SFNET.INFERENCE
+    for name in names:
+        if name not in ALL_MODES:
+            raise ValueError(f"--modes: unknown mode {name!r}; choose from {list(ALL_MODES)}")
+        reason = mode_unavailable_reason(name, device)
+        if reason:
+            skipped[name] = reason
+            continue
+        if name == "eager":
+            network = (SemanticNetwork(model.backbone, model.sem_seg_head)
+                       if isinstance(model, SemanticSegmentor) else None)
+            modes.append(Mode(name, model, network, "plain detectron2 model, eager"))
+            continue
+        kwargs = dict(channels_last=settings.CHANNELS_LAST, torchscript=settings.TORCHSCRIPT,
+                      precision="fp32", max_compiled_sizes=settings.MAX_COMPILED_SIZES)
+        if name == "optimized-eager":
+            kwargs["torchscript"] = "none"
+        elif name in ("bf16", "fp16"):
+            kwargs["precision"] = name
+        optimized = optimize_model(model, **kwargs)
+        network = getattr(optimized, "network_forward", None)
+        description = (f"BN folded, channels_last={kwargs['channels_last']}, "
+                       f"torchscript={kwargs['torchscript']}, {kwargs['precision']}")
+        modes.append(Mode(name, optimized, network, description))
+    return modes, skipped
+
+
+def end_to_end(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) image -> (H, W) label map on the CPU, through the full model."""
+    height, width = image.shape[-2:]
+    logits = model([{"image": image, "height": height, "width": width}])[0]["sem_seg"]
+    return logits.argmax(dim=0).cpu()
+
+
+def network_input(model: SemanticSegmentor, image: torch.Tensor) -> torch.Tensor:
+    """The normalised, padded batch the network sees (SemanticSegmentor's pre-processing)."""
+    x = (image.to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
+    return ImageList.from_tensors([x], model.backbone.size_divisibility).tensor
+
+
+def load_accuracy_images(dataset: str, count: int):
+    """Up to ``count`` images of a registered dataset as uint8 (3, H, W) tensors, or (None, why)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+
+    if count <= 0:
+        return None, "--accuracy-images 0"
+    try:
+        records = DatasetCatalog.get(dataset)
+    except Exception as e:  # noqa: BLE001 - unregistered or missing files: say why and go on
+        return None, f"dataset {dataset!r} is not available ({type(e).__name__}: {e})"
+    images = []
+    for record in records[:count]:
+        array = read_image(record["file_name"], format="RGB")
+        images.append(torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1))))
+    return images, None
+
+
+def compare_with_eager(modes: List[Mode], images) -> Dict[str, Dict[str, float]]:
+    """Per mode: max |logit - eager logit| and the fraction of pixels whose argmax changes."""
+    eager = next(m for m in modes if m.name == "eager")
+    out = {}
+    with torch.inference_mode():
+        references = [eager.model([{"image": im}])[0]["sem_seg"].float().cpu() for im in images]
+        for mode in modes:
+            if mode.name == "eager":
+                continue
+            max_dev, changed, total = 0.0, 0, 0
+            for image, ref in zip(images, references):
+                logits = mode.model([{"image": image}])[0]["sem_seg"].float().cpu()
+                max_dev = max(max_dev, (logits - ref).abs().max().item())
+                changed += int((logits.argmax(0) != ref.argmax(0)).sum())
+                total += ref[0].numel()
+            out[mode.name] = {"max_abs_logit_deviation": max_dev,
+                              "argmax_changed_fraction": changed / total, "pixels": total}
+    return out
+
+
+def machine_info(device: torch.device) -> Dict[str, object]:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": psutil.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": str(device),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_benchmark(args) -> Dict[str, object]:
+    cfg = build_config(args.config_file, args.opts)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or cfg.MODEL.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine; use --device cpu")
+    height, width = args.input_size
+    model = build_model(cfg).to(device).eval()
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("No MODEL.WEIGHTS: random weights (speed is the same; the bf16/fp16 "
+                       "deviations then compare modes of an untrained model)")
+    modes, skipped = build_modes(cfg, model, args.modes, device)
+    for name, reason in skipped.items():
+        print(f"Skipping mode {name}: {reason}")
+    if not any(m.name == "eager" for m in modes):
+        raise SystemExit("--modes must include 'eager': every ratio is relative to it")
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
+    net_input = network_input(model, image) if isinstance(model, SemanticSegmentor) else None
+
+    tasks = {}
+    for mode in modes:
+        if "network" in args.phases and mode.network is not None:
+            tasks[f"{mode.name}/network"] = (lambda m=mode: m.network(net_input))
+        if "end_to_end" in args.phases:
+            tasks[f"{mode.name}/end_to_end"] = (lambda m=mode: end_to_end(m.model, image))
+    gemm_macs = None
+    if not args.no_gemm:
+        tasks[GEMM], gemm_macs = conv_gemm_task(device, args.gemm_size)
+
+    def progress(msg):
+        logger.info(msg)
+
+    print(f"Timing {len(tasks)} tasks at {height}x{width}, batch 1, {device}, "
+          f"{torch.get_num_threads()} threads: {args.warmup} warm-up + {args.runs} runs each, "
+          "round robin")
+    with torch.inference_mode():
+        records = round_robin(tasks, args.runs, args.warmup, device, progress)
+        results = {name: summarize(recs) for name, recs in records.items()}
+        for name, task in tasks.items():
+            results[name]["peak_memory_mib"] = peak_memory_of(task, device) / 2**20
+
+    gmacs = None
+    if isinstance(model, SemanticSegmentor) and not args.no_flops:
+        gmacs = count_network_flops(model, height, width).total() / 1e9
+    throughput = None
+    if GEMM in results:
+        throughput = 2 * gemm_macs / results[GEMM]["median_s"] / 1e9
+        results[GEMM]["gflops_per_s"] = throughput
+
+    for name, res in results.items():
+        if name == GEMM:
+            continue
+        mode, phase = name.split("/")
+        base = results.get(f"eager/{phase}")
+        res["speedup_vs_eager"] = base["median_s"] / res["median_s"] if base else None
+        if gmacs is not None and throughput is not None:
+            bound = flop_bound_seconds(gmacs, throughput)
+            res["flop_bound_s"] = bound
+            res["measured_over_bound"] = res["median_s"] / bound
+
+    accuracy, accuracy_note = {}, None
+    if len(modes) > 1:
+        images, accuracy_note = load_accuracy_images(args.accuracy_dataset, args.accuracy_images)
+        if images:
+            accuracy = compare_with_eager(modes, images)
+            accuracy_note = (f"{len(images)} images of {args.accuracy_dataset} at their own size, "
+                             f"weights: {cfg.MODEL.WEIGHTS or 'random'}")
+        else:
+            print(f"Accuracy comparison skipped: {accuracy_note}")
+    return {
+        "config": args.config_file,
+        "opts": args.opts,
+        "input_size": [height, width],
+        "batch": 1,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "machine": machine_info(device),
+        "memory_method": PeakMemory(device).method,
+        "clean_run_threshold_other_cores": CLEAN_OTHER_CORES,
+        "modes": {m.name: m.description for m in modes},
+        "skipped_modes": skipped,
+        "fvcore_gmacs": gmacs,
+        "gemm_size": args.gemm_size,
+        "conv_throughput_gflops_per_s": throughput,
+        "results": results,
+        "accuracy_vs_eager": accuracy,
+        "accuracy_note": accuracy_note,
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: Dict[str, object]) -> str:
+    h, w = report["input_size"]
+    m = report["machine"]
+    lines = [
+        f"{report['config']} at {h}x{w}, batch 1, {m['device']} ({m['cpu']}, "
+        f"{m['torch_threads']} threads), torch {m['torch']}",
+        f"fvcore: {_fmt(report['fvcore_gmacs'], '.2f')} GMACs; conv throughput "
+        f"({report['gemm_size']}^3 GEMM as 1x1 conv): "
+        f"{_fmt(report['conv_throughput_gflops_per_s'], '.1f')} GFLOP/s",
+        f"{'mode':<16} {'phase':<11} {'median s':>9} {'p90 s':>8} {'FPS':>7} {'peak MiB':>9} "
+        f"{'vs eager':>8} {'bound s':>8} {'/bound':>7} {'clean':>9} {'others':>7}",
+    ]
+    for name, res in report["results"].items():
+        if name == GEMM:
+            continue
+        mode, phase = name.split("/")
+        other = [c for c in res["other_cores"] if c is not None]
+        clean = (f"{res['clean_median_s']:.3f}({res['clean_runs']})"
+                 if res["clean_median_s"] is not None else f"-({res['clean_runs']})")
+        lines.append(
+            f"{mode:<16} {phase:<11} {res['median_s']:>9.3f} {res['p90_s']:>8.3f} "
+            f"{res['fps']:>7.2f} {_fmt(res['peak_memory_mib'], '9.0f'):>9} "
+            f"{_fmt(res.get('speedup_vs_eager'), '.2f'):>8} {_fmt(res.get('flop_bound_s'), '.3f'):>8} "
+            f"{_fmt(res.get('measured_over_bound'), '.2f'):>7} {clean:>9} "
+            f"{(np.mean(other) if other else float('nan')):>7.2f}"
+        )
+    if GEMM in report["results"]:
+        g = report["results"][GEMM]
+        lines.append(f"{'conv GEMM':<28} {g['median_s']:>9.3f} {g['p90_s']:>8.3f}")
+    lines.append("vs eager = eager median / mode median (same phase); /bound = median / FLOP bound; "
+                 f"clean = median over runs with other processes < {CLEAN_OTHER_CORES} cores "
+                 "(count); others = mean cores used by other processes during the runs")
+    for name, acc in report["accuracy_vs_eager"].items():
+        lines.append(f"accuracy {name}: max |logit - eager| = {acc['max_abs_logit_deviation']:.2e}, "
+                     f"argmax changed on {100 * acc['argmax_changed_fraction']:.4f}% of "
+                     f"{acc['pixels']} pixels")
+    if report["accuracy_note"]:
+        lines.append(f"accuracy data: {report['accuracy_note']}")
+    return "\n".join(lines)
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES),
+                        help=f"any of {list(ALL_MODES)}; 'eager' is required (the reference)")
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per mode and phase")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (tracing)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads (0 = PyTorch's default)")
+    parser.add_argument("--device", default="", help="cpu or cuda (default: MODEL.DEVICE)")
+    parser.add_argument("--output", default="", help="JSON file (default: print only)")
+    parser.add_argument("--no-gemm", action="store_true", help="skip the throughput reference")
+    parser.add_argument("--gemm-size", type=int, default=4096,
+                        help="N of the N^3 GEMM run as a 1x1 conv (a square number)")
+    parser.add_argument("--no-flops", action="store_true", help="skip the fvcore count")
+    parser.add_argument("--accuracy-dataset", default="sfnet_demo_cityscapes_fine_sem_seg_val")
+    parser.add_argument("--accuracy-images", type=int, default=4,
+                        help="images compared against eager (0 = no comparison)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="sfnet_d2")
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    report = run_benchmark(args)
+    print(format_report(report))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        tmp = args.output + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, args.output)
+        print(f"Wrote {args.output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
