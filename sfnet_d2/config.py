@@ -108,6 +108,8 @@ def add_sfnet_config(cfg):
     # Windows per forward pass (speed only; results do not depend on it).
     cfg.TEST.SFNET.SLIDE_BATCH_SIZE = 1
     _add_training_recipe_config(cfg)
+
+    _add_knet_config(cfg)
     return cfg
 
 
@@ -166,3 +168,65 @@ def _add_training_recipe_config(cfg):
     cfg.SOLVER.SFNET.ITERS_PER_EPOCH = 0
     # W in the formula above; 0 = the number of training processes of the run (official: 8).
     cfg.SOLVER.SFNET.EPOCH_WORLD_SIZE = 0
+
+
+def _add_knet_config(cfg):
+    """K-Net panoptic keys (meta-architecture "SFNetKNet", sfnet_d2/modeling/knet/, docs/PANOPTIC.md).
+    Defaults are the official K-Net COCO panoptic config (../shared/reference/knet.md sections 1-5)."""
+    cfg.MODEL.KNET = CN()
+    # Dataset whose metadata defines the classes (thing/stuff split, names); "" = the first of
+    # DATASETS.TRAIN, else of DATASETS.TEST.
+    cfg.MODEL.KNET.METADATA_DATASET = ""
+    cfg.MODEL.KNET.NUM_PROPOSALS = 100      # thing ("proposal") kernels; + one kernel per stuff class
+    cfg.MODEL.KNET.NUM_STAGES = 3           # kernel-update stages (no weight sharing)
+    cfg.MODEL.KNET.FEAT_CHANNELS = 256      # kernel / kernel-feature width
+    # Stride of the kernel features relative to the neck's stride-4 map (official 2 -> stride 8;
+    # masks are upsampled back by it for losses and inference).
+    cfg.MODEL.KNET.FEAT_DOWNSAMPLE_STRIDE = 2
+    cfg.MODEL.KNET.POSITIONAL_ENCODING = True  # add a sine positional encoding to the kernel features
+    cfg.MODEL.KNET.NORM = "GN"              # norm of the kernel-feature convs (official GN, 32 groups)
+    cfg.MODEL.KNET.NUM_HEADS = 8            # self-attention heads across kernels
+    cfg.MODEL.KNET.FFN_CHANNELS = 2048      # hidden width of each stage's FFN
+    cfg.MODEL.KNET.DROPOUT = 0.0            # attention / FFN dropout (official 0)
+    cfg.MODEL.KNET.HARD_MASK_THR = 0.5      # sigmoid threshold of the masks the group feature sums over
+    # Loss weights (official: focal cls 2, BCE mask 1, dice 4, rank 0.1, kernel-head semantic 1)
+    cfg.MODEL.KNET.CLS_WEIGHT = 2.0
+    cfg.MODEL.KNET.MASK_WEIGHT = 1.0
+    cfg.MODEL.KNET.DICE_WEIGHT = 4.0
+    cfg.MODEL.KNET.RANK_WEIGHT = 0.1
+    cfg.MODEL.KNET.SEG_WEIGHT = 1.0
+    cfg.MODEL.KNET.FOCAL_ALPHA = 0.25
+    cfg.MODEL.KNET.FOCAL_GAMMA = 2.0
+    cfg.MODEL.KNET.STAGE_LOSS_WEIGHTS = [1.0, 1.0, 1.0]  # one per stage
+    # Hungarian matching costs (official: focal cls 2, dice 4, soft pixel accuracy 1)
+    cfg.MODEL.KNET.CLS_COST = 2.0
+    cfg.MODEL.KNET.DICE_COST = 4.0
+    cfg.MODEL.KNET.MASK_COST = 1.0
+    cfg.MODEL.KNET.TEST = CN()
+    cfg.MODEL.KNET.TEST.INSTANCE_SCORE_THR = 0.3  # thing kernels scoring below it are dropped
+    # A kernel is kept when (its argmax area) / (area of its mask >= MASK_THR) >= OVERLAP_THR.
+    cfg.MODEL.KNET.TEST.OVERLAP_THR = 0.6
+    cfg.MODEL.KNET.TEST.MASK_THR = 0.5
+    cfg.MODEL.KNET.TEST.SEMANTIC_ON = False  # also return "sem_seg" (per class: max of score * mask)
+    # Fine-tuning from a checkpoint of another class set (COCO -> Cityscapes pipeline): class-
+    # dependent weights (classifiers, stuff kernels) are "copy_matching" = copied for classes of
+    # the same name in both datasets, others re-initialised; or "reinit" = all re-initialised.
+    cfg.MODEL.KNET.TRANSFER_CLASS_WEIGHTS = "copy_matching"
+
+    cfg.INPUT.KNET = CN()
+    # "ms_crop": the paper's COCO recipe (short side from INPUT.MIN_SIZE_TRAIN, long side <=
+    # INPUT.MAX_SIZE_TRAIN; with probability CROP_PROB first a resize to CROP_PRE_RESIZE and a
+    # random crop of CROP_SIZE_RANGE); "ms": official K-Net ms-3x (short side in the
+    # MIN_SIZE_TRAIN range); "scale_crop": the paper's Cityscapes recipe (scale SCALE_RANGE, crop
+    # CROP_SIZE); "none". All flip with FLIP_PROB.
+    cfg.INPUT.KNET.AUGMENTATION = "ms_crop"
+    cfg.INPUT.KNET.CROP_PROB = 0.5
+    cfg.INPUT.KNET.CROP_PRE_RESIZE = [400, 500, 600]
+    cfg.INPUT.KNET.CROP_SIZE_RANGE = [384, 600]
+    cfg.INPUT.KNET.SCALE_RANGE = [0.5, 2.0]
+    cfg.INPUT.KNET.CROP_SIZE = [1024, 2048]
+    cfg.INPUT.KNET.FLIP_PROB = 0.5
+
+    cfg.SOLVER.KNET = CN()
+    cfg.SOLVER.KNET.OPTIMIZER = "ADAMW"         # official AdamW (lr 1e-4, wd 0.05); or "SGD"
+    cfg.SOLVER.KNET.BACKBONE_MULTIPLIER = 0.25  # lr multiplier of the parameters under "backbone."

@@ -28,6 +28,7 @@ from sfnet_d2.data import SFNetSemanticDatasetMapper, build_sfnet_train_loader
 from sfnet_d2.engine import SFNetCheckpointer, install_nonfinite_loss_guard
 from sfnet_d2.inference import build_inference_model
 from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
+from sfnet_d2.modeling.knet import training as knet_training
 from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
 
 
@@ -36,6 +37,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if knet_training.is_knet(cfg):  # panoptic K-Net: PQ (+ mIoU), docs/PANOPTIC.md
+            return knet_training.build_knet_evaluator(cfg, dataset_name, output_folder)
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
@@ -65,11 +68,15 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        if knet_training.is_knet(cfg):
+            return knet_training.build_knet_train_loader(cfg)
         # class-uniform sampling and coarse boosting (DATALOADER.SFNET.*, docs/TRAINING.md)
         return build_sfnet_train_loader(cfg, mapper=SFNetSemanticDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        if knet_training.is_knet(cfg):
+            return knet_training.build_knet_test_loader(cfg, dataset_name)
         return build_detection_test_loader(cfg, dataset_name,
                                            mapper=SFNetSemanticDatasetMapper(cfg, False))
 
@@ -96,6 +103,12 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         if "optimizer" in state_dict:
             self.optimizer.load_state_dict(state_dict["optimizer"])
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        if knet_training.is_knet(cfg):  # AdamW, backbone lr x0.25, full-model gradient clipping
+            return knet_training.build_knet_optimizer(cfg, model)
+        return super().build_optimizer(cfg, model)
 
     # build_optimizer: detectron2's default (SGD with SOLVER.MOMENTUM/NESTEROV/WEIGHT_DECAY and
     # WEIGHT_DECAY_NORM per parameter) already reproduces the official optimiser, see Base-SFNet.yaml.

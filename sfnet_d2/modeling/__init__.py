@@ -5,3 +5,4 @@ from .neck import SFNET_NECK_REGISTRY, SFNetDecoder, SFNetLiteDecoder, build_sfn
 from .ppm import PyramidPoolingModule
 from .sem_seg_head import SFNetHead, SFNetLiteHead
 from .test_time import SemanticSegmentorWithTTA, wrap_with_inference_protocol
+from . import knet  # noqa: F401  (registers the SFNetKNet panoptic meta-architecture)
