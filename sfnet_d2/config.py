@@ -38,6 +38,7 @@ def add_sfnet_config(cfg):
     cfg.MODEL.SFNET.DEEP_SUPERVISION = False
     # Weight of each deep-supervision loss term (official aux_weight).
     cfg.MODEL.SFNET.DSN_LOSS_WEIGHT = 1.0
+    _add_ablation_config(cfg)
     # Optimised inference path (sfnet_d2/inference/, docs/BENCHMARK.md), used by --eval-only, the
     # benchmark, the demo and export; training always uses the plain model. Not in the official
     # code (it times the eager model); the logits equal the plain model's within 1e-4 in fp32.
@@ -230,3 +231,37 @@ def _add_knet_config(cfg):
     cfg.SOLVER.KNET = CN()
     cfg.SOLVER.KNET.OPTIMIZER = "ADAMW"         # official AdamW (lr 1e-4, wd 0.05); or "SGD"
     cfg.SOLVER.KNET.BACKBONE_MULTIPLIER = 0.25  # lr multiplier of the parameters under "backbone."
+
+
+def _add_ablation_config(cfg):
+    """The paper's ablation variants (docs/ABLATIONS.md). Every default builds the official model
+    unchanged (same modules, same state_dict keys)."""
+    # Alignment of each top-down decoder step (sfnet_d2/modeling/alignment.py): "fam", "gdfam",
+    # "deform" (deformable conv on the upsampled coarse map, offsets from the concatenation;
+    # Tables 9d/16) or "bilinear" (plain FPN: low + bilinear up(high); the "FPN + PPM" baseline).
+    # "" = the decoder's own: "fam" for SFNetDecoder, "gdfam" for SFNetLiteDecoder.
+    cfg.MODEL.SFNET.ALIGN = ""
+    # Steps that use ALIGN, named by the coarse level they upsample (the paper's F3/F4/F5 of
+    # Table 8b are res3/res4/res5: "res5" = the PPM output aligned onto res4); the other steps use
+    # "bilinear". ["all"] = every step; [] = none (the bilinear baseline).
+    cfg.MODEL.SFNET.ALIGN_LEVELS = ["all"]
+    # Context module on the coarsest level (sfnet_d2/modeling/context.py; Tables 8a/8c): "ppm"
+    # (official), "aspp" (DeepLabv3 ASPP, detectron2's layer) or "none" (a lateral conv only).
+    cfg.MODEL.SFNET.CONTEXT = "ppm"
+    # The three atrous rates of CONTEXT "aspp" (DeepLabv3 at output stride 16, and the official
+    # SFSegNets ASPP default).
+    cfg.MODEL.SFNET.ASPP_DILATIONS = [6, 12, 18]
+    # How FAM / GD-FAM upsample the reduced coarse feature before the flow conv (Table 9a):
+    # "bilinear" (official, align_corners=True), "nearest" or "deconv" (learned transposed conv,
+    # bilinear-initialised). The warp itself is always grid_sample.
+    cfg.MODEL.SFNET.FAM_UPSAMPLE = "bilinear"
+    # GD-FAM gate (Table 10b): "atten" (official: 3x3 conv of the channel mean/max maps),
+    # "conv" (official AlignedModulev2: 3x3 conv of the reduced features) or "none" (fixed 1/2:
+    # the mean of the two warped features).
+    cfg.MODEL.SFNET.GDFAM_GATE = "atten"
+    # GD-FAM second flow (Table 10b "DF"): False = one flow warps the coarse feature, the fine
+    # feature enters the gate's mix unwarped.
+    cfg.MODEL.SFNET.GDFAM_DUAL_FLOW = True
+    # Bottom-up backbone of the "build_sfnet_fpn_backbone" builder (detectron2's FPN over one of
+    # our backbones, for the Semantic-FPN baseline of Table 18; MODEL.FPN.* configure the FPN).
+    cfg.MODEL.SFNET.FPN_BOTTOM_UP = "build_deep_stem_resnet_backbone"

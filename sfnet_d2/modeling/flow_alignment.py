@@ -16,15 +16,26 @@ Fidelity to the official SFSegNets code (network/nn/operators.py; measured behav
 * GD-FAM warps both the coarse feature and the original fine feature with two flows, and mixes
   them with a spatial gate computed from ``[mean_c(h), mean_c(low), max_c(h), max_c(low)]`` where
   ``h`` is the reduced, upsampled coarse feature and ``low`` the original fine feature.
+
+Ablation options (paper Tables 9a and 10b; docs/ABLATIONS.md), all off by default so that the
+default modules are exactly the official ones: how the reduced coarse feature is upsampled before
+the flow conv (``upsample``, see feature_upsample.py), and for GD-FAM the gate (``gate``: the
+official pooled "atten" gate, the official ``AlignedModulev2`` "conv" gate, or "none" = a fixed
+gate of 1/2, i.e. the mean of the two warped features) and the second flow (``dual_flow=False``:
+the fine feature is used unwarped).
 """
 from collections import OrderedDict
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["flow_warp", "FlowAlignModule", "GatedDualFlowAlignModule"]
+from .feature_upsample import build_coarse_upsampler
+
+__all__ = ["flow_warp", "FlowAlignModule", "GatedDualFlowAlignModule", "GDFAM_GATE_CHOICES"]
+
+GDFAM_GATE_CHOICES = ("atten", "conv", "none")
 
 
 def _base_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -100,8 +111,11 @@ def flow_warp(
     )
 
 
-def _upsample(x: torch.Tensor, size) -> torch.Tensor:
-    # Every interpolation of the official code is bilinear with align_corners=True.
+def _upsample(x: torch.Tensor, size, upsampler: Optional[nn.Module] = None) -> torch.Tensor:
+    # Every interpolation of the official code is bilinear with align_corners=True; `upsampler`
+    # is the Table 9a ablation (MODEL.SFNET.FAM_UPSAMPLE), None by default.
+    if upsampler is not None:
+        return upsampler(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
@@ -113,7 +127,10 @@ class FlowAlignModule(nn.Module):
     ``f = low + FAM(low, f)``).
     """
 
-    def __init__(self, channels: int, flow_kernel_size: int = 3, align_corners: bool = True):
+    def __init__(self, channels: int, flow_kernel_size: int = 3, align_corners: bool = True,
+                 upsample: str = "bilinear", scale_factor: int = 2):
+        """``upsample``/``scale_factor``: how the reduced coarse feature reaches the fine size
+        (feature_upsample.py; ``scale_factor`` = resolution ratio, used by "deconv" only)."""
         super().__init__()
         reduced = channels // 2
         self.down_low = nn.Conv2d(channels, reduced, 1, bias=False)
@@ -122,11 +139,12 @@ class FlowAlignModule(nn.Module):
         self.flow_make = nn.Conv2d(
             2 * reduced, 2, flow_kernel_size, padding=flow_kernel_size // 2, bias=False
         )
+        self.upsample_high = build_coarse_upsampler(upsample, reduced, scale_factor)
         self.align_corners = align_corners
 
     def forward(self, low: torch.Tensor, high: torch.Tensor, return_flow: bool = False):
         size = low.shape[-2:]
-        high_reduced = _upsample(self.down_high(high), size)
+        high_reduced = _upsample(self.down_high(high), size, self.upsample_high)
         flow = self.flow_make(torch.cat([high_reduced, self.down_low(low)], dim=1))
         warped = flow_warp(high, flow, size, self.align_corners)
         return (warped, flow) if return_flow else warped
@@ -139,32 +157,66 @@ class GatedDualFlowAlignModule(nn.Module):
     Output = ``warp(high, flow_up) * gate + warp(low, flow_down) * (1 - gate)``, no residual.
     """
 
-    def __init__(self, channels: int, flow_kernel_size: int = 3, align_corners: bool = True):
+    def __init__(self, channels: int, flow_kernel_size: int = 3, align_corners: bool = True,
+                 upsample: str = "bilinear", scale_factor: int = 2, gate: str = "atten",
+                 dual_flow: bool = True):
+        """
+        Args (ablations, Table 10b; defaults = official ``AlignedModulev2PoolingAtten``):
+            upsample, scale_factor: as in :class:`FlowAlignModule`.
+            gate: "atten" = Sigmoid(3x3 conv) of the pooled maps (official 'spatial_atten');
+                "conv" = Sigmoid(3x3 conv) of ``cat[h, down_low(low)]`` (official
+                ``AlignedModulev2``, 'spatial'); "none" = a fixed gate of 1/2 (the mean).
+            dual_flow: False predicts one flow (2 channels) and mixes the warped coarse feature
+                with the *unwarped* fine one.
+        """
         super().__init__()
+        if gate not in GDFAM_GATE_CHOICES:
+            raise ValueError(
+                f"MODEL.SFNET.GDFAM_GATE={gate!r} is not one of {list(GDFAM_GATE_CHOICES)}"
+            )
         reduced = channels // 2
         self.down_low = nn.Conv2d(channels, reduced, 1, bias=False)
         self.down_high = nn.Conv2d(channels, reduced, 1, bias=False)
         self.flow_make = nn.Conv2d(
-            2 * reduced, 4, flow_kernel_size, padding=flow_kernel_size // 2, bias=False
+            2 * reduced, 4 if dual_flow else 2, flow_kernel_size, padding=flow_kernel_size // 2,
+            bias=False,
         )
-        self.gate = nn.Conv2d(4, 1, 3, padding=1, bias=False)
+        if gate == "atten":
+            self.gate = nn.Conv2d(4, 1, 3, padding=1, bias=False)
+        elif gate == "conv":
+            self.gate = nn.Conv2d(2 * reduced, 1, 3, padding=1, bias=False)
+        else:
+            self.gate = None
+        self.upsample_high = build_coarse_upsampler(upsample, reduced, scale_factor)
+        self.gate_kind = gate
+        self.dual_flow = dual_flow
         self.align_corners = align_corners
 
     def forward(self, low: torch.Tensor, high: torch.Tensor, return_flow: bool = False):
         size = low.shape[-2:]
-        high_reduced = _upsample(self.down_high(high), size)
-        flow = self.flow_make(torch.cat([high_reduced, self.down_low(low)], dim=1))
+        high_reduced = _upsample(self.down_high(high), size, self.upsample_high)
+        low_reduced = self.down_low(low)
+        flow = self.flow_make(torch.cat([high_reduced, low_reduced], dim=1))
         high_warped = flow_warp(high, flow[:, 0:2], size, self.align_corners)
-        low_warped = flow_warp(low, flow[:, 2:4], size, self.align_corners)
-        gate_input = torch.cat(
-            [
-                high_reduced.mean(dim=1, keepdim=True),
-                low.mean(dim=1, keepdim=True),
-                high_reduced.amax(dim=1, keepdim=True),
-                low.amax(dim=1, keepdim=True),
-            ],
-            dim=1,
-        )
-        gate = torch.sigmoid(self.gate(gate_input))
+        if self.dual_flow:
+            low_warped = flow_warp(low, flow[:, 2:4], size, self.align_corners)
+        else:
+            low_warped = low
+        if self.gate_kind == "atten":
+            gate_input = torch.cat(
+                [
+                    high_reduced.mean(dim=1, keepdim=True),
+                    low.mean(dim=1, keepdim=True),
+                    high_reduced.amax(dim=1, keepdim=True),
+                    low.amax(dim=1, keepdim=True),
+                ],
+                dim=1,
+            )
+            gate = torch.sigmoid(self.gate(gate_input))
+        elif self.gate_kind == "conv":
+            gate = torch.sigmoid(self.gate(torch.cat([high_reduced, low_reduced], dim=1)))
+        else:
+            out = 0.5 * (high_warped + low_warped)
+            return (out, flow) if return_flow else out
         out = high_warped * gate + low_warped * (1 - gate)
         return (out, flow) if return_flow else out

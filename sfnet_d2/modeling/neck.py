@@ -13,7 +13,13 @@ classifier on top; the panoptic model feeds the same fused map to its kernel hea
 
 ``forward_features(features)`` returns a dict with ``"fused"`` (the fused map), ``"dsn"`` (the
 intermediate maps deep supervision attaches to, coarse to fine) and, when asked, ``"flows"``
-(the semantic flow of every alignment module, coarse to fine) for visualisation.
+(the semantic flow of every flow-based alignment module, coarse to fine) for visualisation.
+
+Ablation variants of the paper (docs/ABLATIONS.md) are options of these two decoders, all off by
+default (the defaults build exactly the official modules, with the official state_dict keys):
+``MODEL.SFNET.ALIGN`` / ``ALIGN_LEVELS`` choose the alignment of each top-down step (alignment.py),
+``MODEL.SFNET.CONTEXT`` the context module on the coarsest level (context.py), and
+``FAM_UPSAMPLE`` / ``GDFAM_GATE`` / ``GDFAM_DUAL_FLOW`` the inside of FAM / GD-FAM.
 """
 from typing import Dict, List
 
@@ -24,8 +30,8 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from .flow_alignment import FlowAlignModule, GatedDualFlowAlignModule
-from .ppm import PyramidPoolingModule
+from .alignment import build_align_module, merge_coarse_into_fine, selected_align_levels
+from .context import build_context_module
 
 __all__ = ["SFNET_NECK_REGISTRY", "build_sfnet_neck", "SFNetDecoder", "SFNetLiteDecoder"]
 
@@ -64,17 +70,40 @@ def _lateral(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
 class _SFNetNeck(nn.Module):
     """What both decoders share: config reading, the output shape and ``forward``."""
 
+    DEFAULT_ALIGN = "fam"  # MODEL.SFNET.ALIGN = "" means this decoder's own alignment
+
     @classmethod
     def from_config(cls, cfg, input_shape):
+        sf = cfg.MODEL.SFNET
         return {
             "input_shape": input_shape,
             "in_features": cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES,
             "conv_dim": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
             "norm": cfg.MODEL.SEM_SEG_HEAD.NORM,
-            "ppm_bins": cfg.MODEL.SFNET.PPM_BINS,
-            "flow_kernel_size": cfg.MODEL.SFNET.FLOW_KERNEL_SIZE,
-            "warp_align_corners": cfg.MODEL.SFNET.WARP_ALIGN_CORNERS,
+            "ppm_bins": sf.PPM_BINS,
+            "flow_kernel_size": sf.FLOW_KERNEL_SIZE,
+            "warp_align_corners": sf.WARP_ALIGN_CORNERS,
+            "align": sf.ALIGN or cls.DEFAULT_ALIGN,
+            "align_levels": sf.ALIGN_LEVELS,
+            "context": sf.CONTEXT,
+            "aspp_dilations": sf.ASPP_DILATIONS,
+            "fam_upsample": sf.FAM_UPSAMPLE,
+            "gdfam_gate": sf.GDFAM_GATE,
+            "gdfam_dual_flow": sf.GDFAM_DUAL_FLOW,
         }
+
+    def _build_context(self, kind, in_channels, conv_dim, norm, ppm_bins, aspp_dilations):
+        # Registered under a name that says what it is (ppm / aspp / top_lateral): the default
+        # keeps the official "neck.ppm.*" keys.
+        name, module = build_context_module(kind, in_channels, conv_dim, norm=norm,
+                                            ppm_bins=ppm_bins, aspp_dilations=aspp_dilations)
+        self.add_module(name, module)
+        self._context_name = name
+
+    @property
+    def context_module(self) -> nn.Module:
+        """The module on the coarsest level (PPM, ASPP or a lateral conv, MODEL.SFNET.CONTEXT)."""
+        return getattr(self, self._context_name)
 
     def output_shape(self) -> ShapeSpec:
         return ShapeSpec(channels=self._out_channels, stride=self._out_stride)
@@ -96,6 +125,13 @@ class SFNetDecoder(_SFNetNeck):
         ppm_bins=(1, 2, 3, 6),
         flow_kernel_size: int = 3,
         warp_align_corners: bool = True,
+        align: str = "fam",
+        align_levels=("all",),
+        context: str = "ppm",
+        aspp_dilations=(6, 12, 18),
+        fam_upsample: str = "bilinear",
+        gdfam_gate: str = "atten",
+        gdfam_dual_flow: bool = True,
     ):
         """
         NOTE: this interface is experimental.
@@ -108,6 +144,9 @@ class SFNetDecoder(_SFNetNeck):
             ppm_bins: PPM pooling sizes.
             flow_kernel_size: kernel of the flow-predicting conv in each FAM.
             warp_align_corners: ``align_corners`` of the flow warp (True at official HEAD).
+            align, align_levels: alignment of the top-down steps (alignment.py; ablations).
+            context, aspp_dilations: module on the coarsest level (context.py; ablations).
+            fam_upsample, gdfam_gate, gdfam_dual_flow: FAM / GD-FAM internals (ablations).
         """
         super().__init__()
         levels = _select_inputs(input_shape, in_features)
@@ -117,12 +156,23 @@ class SFNetDecoder(_SFNetNeck):
             )
         self.in_features = [name for name, _ in levels]
         fine_levels, (_, coarsest) = levels[:-1], levels[-1]
-        self.ppm = PyramidPoolingModule(coarsest.channels, conv_dim, ppm_bins, norm)
+        self._build_context(context, coarsest.channels, conv_dim, norm, ppm_bins, aspp_dilations)
         # index i follows in_features order (fine to coarse), as the official fpn_in/fpn_out
         self.lateral_convs = nn.ModuleList(_lateral(s.channels, conv_dim, norm) for _, s in fine_levels)
-        self.align_modules = nn.ModuleList(
-            FlowAlignModule(conv_dim, flow_kernel_size, warp_align_corners) for _ in fine_levels
-        )
+        # Step i merges level i+1 (coarse) into level i; it is named by its coarse level.
+        selected = selected_align_levels(align_levels, self.in_features[1:])
+        self.align_kinds = [align if self.in_features[i + 1] in selected else "bilinear"
+                            for i in range(len(fine_levels))]
+        modules = [
+            build_align_module(
+                kind, conv_dim, scale_factor=levels[i + 1][1].stride // levels[i][1].stride,
+                flow_kernel_size=flow_kernel_size, warp_align_corners=warp_align_corners,
+                fam_upsample=fam_upsample, gdfam_gate=gdfam_gate, gdfam_dual_flow=gdfam_dual_flow,
+            )
+            for i, kind in enumerate(self.align_kinds)
+        ]
+        # nn.Identity (no parameters) keeps the indices of the other levels' modules.
+        self.align_modules = nn.ModuleList(m if m is not None else nn.Identity() for m in modules)
         self.output_convs = nn.ModuleList(
             Conv2d(conv_dim, conv_dim, 3, padding=1, bias=False, norm=get_norm(norm, conv_dim),
                    activation=F.relu)
@@ -135,15 +185,15 @@ class SFNetDecoder(_SFNetNeck):
 
     def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
         xs = [features[f] for f in self.in_features]
-        ppm_out = self.ppm(xs[-1])
+        ppm_out = self.context_module(xs[-1])
         f = ppm_out
         pyramid, dsn_inputs, flows = [], [], []
         for i in reversed(range(len(xs) - 1)):
             lateral = self.lateral_convs[i](xs[i])
-            aligned, flow = self.align_modules[i](lateral, f, return_flow=True)
-            f = lateral + aligned
+            f, flow = merge_coarse_into_fine(self.align_kinds[i], self.align_modules[i], lateral, f)
             dsn_inputs.append(f)
-            flows.append(flow)
+            if flow is not None:
+                flows.append(flow)
             pyramid.append(self.output_convs[i](f))
         pyramid.reverse()  # fine to coarse
         size = pyramid[0].shape[-2:]
@@ -161,6 +211,8 @@ class SFNetDecoder(_SFNetNeck):
 
 @SFNET_NECK_REGISTRY.register()
 class SFNetLiteDecoder(_SFNetNeck):
+    DEFAULT_ALIGN = "gdfam"
+
     @configurable
     def __init__(
         self,
@@ -172,6 +224,13 @@ class SFNetLiteDecoder(_SFNetNeck):
         ppm_bins=(1, 2, 3, 6),
         flow_kernel_size: int = 3,
         warp_align_corners: bool = True,
+        align: str = "gdfam",
+        align_levels=("all",),
+        context: str = "ppm",
+        aspp_dilations=(6, 12, 18),
+        fam_upsample: str = "bilinear",
+        gdfam_gate: str = "atten",
+        gdfam_dual_flow: bool = True,
     ):
         """
         NOTE: this interface is experimental.
@@ -191,11 +250,18 @@ class SFNetLiteDecoder(_SFNetNeck):
             )
         self.in_features = [name for name, _ in levels]
         (_, fine), (_, mid), (_, coarse) = levels
-        self.ppm = PyramidPoolingModule(coarse.channels, conv_dim, ppm_bins, norm)
+        self._build_context(context, coarse.channels, conv_dim, norm, ppm_bins, aspp_dilations)
         self.lateral_convs = nn.ModuleList(
             [_lateral(fine.channels, conv_dim, norm), _lateral(mid.channels, conv_dim, norm)]
         )
-        self.align_module = GatedDualFlowAlignModule(conv_dim, flow_kernel_size, warp_align_corners)
+        # One step: the context output (coarsest level) straight onto the finest level.
+        selected = selected_align_levels(align_levels, self.in_features[2:])
+        self.align_kind = align if self.in_features[2] in selected else "bilinear"
+        self.align_module = build_align_module(
+            self.align_kind, conv_dim, scale_factor=coarse.stride // fine.stride,
+            flow_kernel_size=flow_kernel_size, warp_align_corners=warp_align_corners,
+            fam_upsample=fam_upsample, gdfam_gate=gdfam_gate, gdfam_dual_flow=gdfam_dual_flow,
+        )
         self.conv_dim = conv_dim
         self.num_dsn_inputs = 1
         self._out_channels = 2 * conv_dim
@@ -203,12 +269,12 @@ class SFNetLiteDecoder(_SFNetNeck):
 
     def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
         x_fine, x_mid, x_coarse = (features[f] for f in self.in_features)
-        ppm_out = self.ppm(x_coarse)
+        ppm_out = self.context_module(x_coarse)
         fine = self.lateral_convs[0](x_fine)
         mid = self.lateral_convs[1](x_mid)
-        aligned, flow = self.align_module(fine, ppm_out, return_flow=True)
+        aligned, flow = merge_coarse_into_fine(self.align_kind, self.align_module, fine, ppm_out)
         mid = F.interpolate(mid, size=aligned.shape[-2:], mode="bilinear", align_corners=True)
         out = {"fused": torch.cat([aligned, mid], dim=1), "dsn": [aligned]}
         if return_flows:
-            out["flows"] = [flow]
+            out["flows"] = [flow] if flow is not None else []
         return out
