@@ -38,7 +38,6 @@ def add_sfnet_config(cfg):
     cfg.MODEL.SFNET.DEEP_SUPERVISION = False
     # Weight of each deep-supervision loss term (official aux_weight).
     cfg.MODEL.SFNET.DSN_LOSS_WEIGHT = 1.0
-    _add_ablation_config(cfg)
     # Optimised inference path (sfnet_d2/inference/, docs/BENCHMARK.md), used by --eval-only, the
     # benchmark, the demo and export; training always uses the plain model. Not in the official
     # code (it times the eager model); the logits equal the plain model's within 1e-4 in fp32.
@@ -56,6 +55,7 @@ def add_sfnet_config(cfg):
     # "fp32", "bf16" (CPUs with bf16 support, GPUs) or "fp16" (GPUs): dtype of weights and
     # activations; the logits are returned in fp32 either way.
     cfg.MODEL.SFNET.INFERENCE.PRECISION = "fp32"
+    _add_ablation_config(cfg)
 
     # STDC backbones (STDCNet813 = "STDC1", STDCNet1446 = "STDC2"), registered as
     # "build_stdc_backbone"; outputs res2..res5 = feat4/8/16/32 (64/256/512/1024 channels).
@@ -108,8 +108,8 @@ def add_sfnet_config(cfg):
     cfg.TEST.SFNET.SLIDE_CROP_GROWS_WITH_SCALE = True
     # Windows per forward pass (speed only; results do not depend on it).
     cfg.TEST.SFNET.SLIDE_BATCH_SIZE = 1
-    _add_training_recipe_config(cfg)
 
+    _add_training_recipe_config(cfg)
     _add_knet_config(cfg)
     return cfg
 
@@ -156,6 +156,11 @@ def _add_training_recipe_config(cfg):
     # trainIds [14, 15, 16, 3, 12, 17, 4]). "" / [] = off; both must be set together.
     cfg.DATALOADER.SFNET.COARSE_BOOST_DATASET = ""
     cfg.DATALOADER.SFNET.COARSE_BOOST_CLASSES = []
+    # A training sample that cannot be used (unreadable or truncated image/label, label of the
+    # wrong size, values outside the class set) stops training with an error naming the file.
+    # True: replace it by the next good record instead, log it, and list every skipped file at
+    # the end of training (OUTPUT_DIR/skipped_samples*.json). See sfnet_d2/data/train_stream.py.
+    cfg.DATALOADER.SFNET.SKIP_BAD_SAMPLES = False
 
     # Schedules in epochs (sfnet_d2/solver/). One epoch = floor(ceil(N / W) / (IMS_PER_BATCH / W))
     # iterations for N training images over W processes: the official DistributedSampler padding

@@ -16,7 +16,7 @@ import weakref
 
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import CityscapesSemSegEvaluator, SemSegEvaluator, verify_results
 from detectron2.utils import comm
@@ -25,10 +25,13 @@ from detectron2.utils.logger import setup_logger
 import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and datasets)
 from sfnet_d2 import add_sfnet_config
 from sfnet_d2.data import SFNetSemanticDatasetMapper, build_sfnet_train_loader
-from sfnet_d2.engine import SFNetCheckpointer, install_nonfinite_loss_guard
+from sfnet_d2.config_checks import check_config
+from sfnet_d2.data.train_stream import SkipCollectingLoader
+from sfnet_d2.engine import (SFNetCheckpointer, SkippedSamplesReport, StepSeedHook,
+                             install_nonfinite_loss_guard)
 from sfnet_d2.inference import build_inference_model
-from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
 from sfnet_d2.modeling.knet import training as knet_training
+from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
 from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
 
 
@@ -64,7 +67,29 @@ class Trainer(DefaultTrainer):
         self.checkpointer = SFNetCheckpointer(
             self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        loader = self._trainer.data_loader
+        if isinstance(loader, SkipCollectingLoader):  # the resumable SFNet training stream
+            hooks.insert(0, StepSeedHook(lambda: loader.stream.seed))
+            hooks.append(SkippedSamplesReport(loader, self.cfg.OUTPUT_DIR))
+        return hooks
+
+    def resume_or_load(self, resume=True):
+        self._checkpoint_stream_seed = None
+        super().resume_or_load(resume=resume)
+        loader = self._trainer.data_loader
+        if not isinstance(loader, SkipCollectingLoader) or self.start_iter == 0:
+            return
+        # Continue the data stream where the checkpoint left it: same seed, the samples after
+        # the last finished iteration (sfnet_d2/data/train_stream.py).
+        seed = self._checkpoint_stream_seed
+        if seed is None:
+            seed = loader.stream.seed
+            logging.getLogger("sfnet_d2").warning(
+                "The checkpoint has no data-stream state (older sfnet-d2): the resumed run sees "
+                "another sample order than an uninterrupted one would")
+        loader.stream.set_state(seed, self.start_iter * loader.stream.batch_size)
+        self._trainer._data_loader_iter = iter(loader)  # detectron2 0.6 SimpleTrainer attribute
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -97,12 +122,16 @@ class Trainer(DefaultTrainer):
         # restart SGD momentum from zero; later detectron2 releases save it as we do here.
         ret = super().state_dict()
         ret["optimizer"] = self.optimizer.state_dict()
+        loader = self._trainer.data_loader
+        if isinstance(loader, SkipCollectingLoader):
+            ret["data_stream"] = {"seed": loader.stream.seed}
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "optimizer" in state_dict:
             self.optimizer.load_state_dict(state_dict["optimizer"])
+        self._checkpoint_stream_seed = state_dict.get("data_stream", {}).get("seed")
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -118,8 +147,16 @@ def build_config(config_file: str, opts=()):
     """The frozen config of a YAML file plus KEY VALUE overrides, with every SFNet key."""
     cfg = get_cfg()
     add_sfnet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    # yacs names the key of an unknown key or a wrong type, but as a bare KeyError/assert;
+    # say also where it came from (the YAML file or the command line).
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, AssertionError, ValueError) as e:
+        raise ValueError(f"Invalid config file {config_file}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError) as e:
+        raise ValueError(f"Invalid KEY VALUE override on the command line: {e}") from e
     if not torch.cuda.is_available():
         # Let every config run on a CPU-only machine without extra overrides: nn.SyncBatchNorm
         # needs CUDA, detectron2's naiveSyncBN syncs over any process group (gloo included) and
@@ -142,6 +179,7 @@ def build_config(config_file: str, opts=()):
 
 def setup(args):
     cfg = build_config(args.config_file, args.opts)
+    check_config(cfg)  # model/dataset consistency, before any data is read (names the key)
     schedule = None
     if not args.eval_only:  # SOLVER.SFNET.MAX_EPOCHS -> SOLVER.MAX_ITER, before config.yaml is saved
         cfg, schedule = resolve_epoch_schedule(cfg)

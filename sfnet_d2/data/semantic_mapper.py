@@ -113,7 +113,10 @@ class SFNetSemanticDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        try:
+            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: unreadable, truncated, not an image
+            raise OSError(f"Cannot read image file {dataset_dict['file_name']}: {e}") from e
         utils.check_image_size(dataset_dict, image)
         label_file = dataset_dict.pop("sem_seg_file_name", None)
         label = None

@@ -2,7 +2,7 @@
 Class-uniform sampling with coarse boosting, the official recipe's rare-class balancing
 (``--class_uniform_pct 0.5 --class_uniform_tile 1024``, the official ``datasets/uniform.py`` taken
 from NVIDIA's semantic-segmentation; ../shared/reference/official-sfnet.md section 4;
-docs/TRAINING.md), for detectron2's ``build_detection_train_loader``:
+docs/TRAINING.md), feeding the training stream of ``train_stream.py``:
 
 * ``label_centroids``: every label map is cut into full ``tile x tile`` tiles; for each class in a
   tile, the (integer) centre of mass of its pixels is a *centroid*.
@@ -28,12 +28,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 from PIL import Image
 from torch.utils.data import Sampler
 from tqdm import tqdm
+
+from .train_stream import build_training_stream_loader, shuffled_index_stream
 
 __all__ = [
     "label_centroids",
@@ -431,18 +433,34 @@ def build_class_uniform_dataset(cfg):
 
 def build_sfnet_train_loader(cfg, mapper, seed: Optional[int] = None):
     """
-    detectron2's train loader over ``DATASETS.TRAIN`` with ``mapper``; with
-    ``DATALOADER.SFNET.CLASS_UNIFORM_PCT > 0`` its dataset is a ``ClassUniformDataset`` and its
-    sampler a ``ClassUniformTrainingSampler`` (seed: None = shared random seed, from cfg.SEED).
+    The training loader over ``DATASETS.TRAIN`` with ``mapper``: a resumable, reproducible
+    ``TrainingStream`` (``train_stream.py``) whose index stream is a shuffled order of the images
+    or, with ``DATALOADER.SFNET.CLASS_UNIFORM_PCT > 0``, the ``ClassUniformTrainingSampler`` over a
+    ``ClassUniformDataset`` (seed: None = shared random seed, from cfg.SEED).
+    Returns a ``SkipCollectingLoader`` (``.stream.set_state`` resumes it).
     """
     opts = cfg.DATALOADER.SFNET
+    skip = opts.SKIP_BAD_SAMPLES
     if opts.CLASS_UNIFORM_PCT <= 0:
-        return build_detection_train_loader(cfg, mapper=mapper)
+        records = get_detection_dataset_dicts(list(cfg.DATASETS.TRAIN), filter_empty=False)
+        dataset = DatasetFromList(records, copy=False, serialize=True)
+        n = len(dataset)
+        return build_training_stream_loader(
+            dataset, mapper, lambda s: shuffled_index_stream(n, s), cfg.SOLVER.IMS_PER_BATCH,
+            cfg.DATALOADER.NUM_WORKERS, seed=seed, skip_bad_samples=skip)
     dataset, num_images = build_class_uniform_dataset(cfg)
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    sampler = ClassUniformTrainingSampler(
-        num_images, dataset.class_indices(num_classes), opts.CLASS_UNIFORM_PCT,
-        mode=opts.CLASS_UNIFORM_MODE, seed=seed)
+    class_indices = dataset.class_indices(num_classes)
+
+    def index_stream(stream_seed):
+        # the global (unsharded) stream: TrainingStream shards it over processes itself
+        return iter(ClassUniformTrainingSampler(
+            num_images, class_indices, opts.CLASS_UNIFORM_PCT, mode=opts.CLASS_UNIFORM_MODE,
+            seed=stream_seed, rank=0, world_size=1))
+
+    sampler = ClassUniformTrainingSampler(num_images, class_indices, opts.CLASS_UNIFORM_PCT,
+                                          mode=opts.CLASS_UNIFORM_MODE, seed=0, rank=0,
+                                          world_size=1)  # validates the settings now
     if opts.CLASS_UNIFORM_MODE == "epoch":
         num_random, per_class = sampler.epoch_composition()
         logger.info(f"Class-uniform sampling (PCT {opts.CLASS_UNIFORM_PCT}, tile "
@@ -457,9 +475,6 @@ def build_sfnet_train_loader(cfg, mapper, seed: Optional[int] = None):
     else:
         logger.info(f"Class-uniform sampling: each sample is a centroid crop with probability "
                     f"{opts.CLASS_UNIFORM_PCT}")
-    return build_detection_train_loader(
-        dataset=dataset, mapper=mapper, sampler=sampler,
-        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
+    return build_training_stream_loader(
+        dataset, mapper, index_stream, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS,
+        seed=seed, skip_bad_samples=skip, num_records=dataset.num_records)
