@@ -354,3 +354,25 @@ def test_semantic_fpn_wraps_our_backbone_in_detectron2_fpn():
     with pytest.raises(ValueError, match="MODEL.SFNET.FPN_BOTTOM_UP='nope'"):
         build_model(make_cfg("configs/ade20k/semantic/semantic_fpn_R50.yaml",
                              ["MODEL.SFNET.FPN_BOTTOM_UP", "nope"]))
+
+
+def test_gradients_reach_every_new_module():
+    torch.manual_seed(0)
+    dec = SFNetDecoder(SHAPES, in_features=FEATS, conv_dim=8, norm="", align="deform",
+                       align_levels=["res4", "res5"], context="aspp").train()
+    gd = GatedDualFlowAlignModule(8, upsample="deconv", scale_factor=2, gate="conv", dual_flow=False)
+    feats = {k: v.float() for k, v in _features().items()}
+    loss = dec.forward_features(feats)["fused"].square().mean()
+    loss = loss + gd(torch.randn(2, 8, 8, 8), torch.randn(2, 8, 4, 4)).square().mean()
+    loss.backward()
+    grads = {
+        "offset conv": dec.align_modules[2].offset_conv.weight.grad,  # zero-initialised, still learns
+        "deform conv": dec.align_modules[2].deform_conv.weight.grad,
+        "aspp atrous branch": dec.aspp.convs[3].weight.grad,
+        "aspp pooling branch": dec.aspp.convs[4][1].weight.grad,
+        "deconv upsampling": gd.upsample_high.deconv.weight.grad,
+        "conv gate": gd.gate.weight.grad,
+    }
+    for name, grad in grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert isinstance(dec.align_modules[0], torch.nn.Identity)  # the res3 step stays bilinear
