@@ -128,6 +128,19 @@ def test_grid_cache_is_bounded():
     assert len(flow_alignment._GRID_CACHE) == flow_alignment._GRID_CACHE_SIZE
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_warp_samples_in_float32(dtype):
+    # channels-last bf16 grid_sample on CPU returns NaNs (torch 2.14) and a bf16/fp16 grid
+    # misplaces samples: the warp must equal the float32 warp of the same (rounded) inputs.
+    gen = torch.Generator().manual_seed(0)
+    feature = torch.randn(1, 16, 24, 40, generator=gen).to(dtype)
+    feature = feature.contiguous(memory_format=torch.channels_last)
+    flow = (torch.randn(1, 2, 48, 80, generator=gen) * 3).to(dtype)
+    got = flow_warp(feature, flow, (48, 80))
+    expected = flow_warp(feature.float(), flow.float(), (48, 80)).to(dtype)
+    assert got.dtype == dtype and torch.equal(got, expected)
+
+
 def test_tracing_does_not_use_the_cache():
     # A traced / exported warp must compute its grid from ops (linspace), not a cached constant.
     flow_alignment._GRID_CACHE.clear()

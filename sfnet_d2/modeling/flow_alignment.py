@@ -51,6 +51,7 @@ def _base_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
 # sizes are dropped beyond _GRID_CACHE_SIZE (multi-scale testing visits a few sizes per image).
 _GRID_CACHE: "OrderedDict[tuple, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
 _GRID_CACHE_SIZE = 16
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _building_graph() -> bool:
@@ -103,6 +104,17 @@ def flow_warp(
         raise ValueError(
             f"flow_warp: flow must have shape (N, 2, {out_h}, {out_w}), got {tuple(flow.shape)}"
         )
+    if flow.dtype in _HALF_DTYPES or feature.dtype in _HALF_DTYPES:
+        # Reduced-precision inference (sfnet_d2/inference): a bf16/fp16 grid misplaces samples by
+        # up to about a pixel at 1/4 of 1024x2048 (8- or 11-bit mantissa over [-1, 1]), and CPU
+        # bf16 grid_sample returns NaNs for channels-last input (torch 2.14); sample in float32.
+        flow32 = flow.float()
+        base_grid, norm = _grid_and_normaliser(out_h, out_w, flow32)
+        grid = base_grid + flow32.permute(0, 2, 3, 1) / norm
+        return F.grid_sample(
+            feature.float(), grid, mode="bilinear", padding_mode="zeros",
+            align_corners=align_corners,
+        ).to(feature.dtype)
     base_grid, norm = _grid_and_normaliser(out_h, out_w, flow)
     grid = base_grid + flow.permute(0, 2, 3, 1) / norm
     return F.grid_sample(
