@@ -128,8 +128,10 @@ def main(argv=None):
             logger.error(str(e))
             return 1
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
+        changed = (f"; predicted class changed at {report['argmax_changed']:.2e} of the pixels"
+                   if "argmax_changed" in report else "")
         logger.info(f"Verified on {report['num_images']} images: max |exported - PyTorch| = "
-                    f"{diffs} (<= {args.atol})")
+                    f"{diffs} (<= {args.atol}){changed}")
     return 0
 
 

@@ -91,8 +91,10 @@ def demo_verification_images(height: int, width: int, input_format: str = "RGB",
             return load_images_for_export(files, height, width, input_format)
     with tempfile.TemporaryDirectory() as tmp:
         logger.info(f"No demo dataset at {demo_root}; generating {num_images} demo scenes")
+        # at the demo data's own 256x512 (rendering at e.g. 1024x2048 takes seconds per
+        # scene), resized to the export size like any other image
         root = generate_demo_cityscapes(os.path.join(tmp, "demo"), num_train=0,
-                                        num_val=num_images, height=height, width=width)
+                                        num_val=num_images)
         return demo_verification_images(height, width, input_format, num_images, root)
 
 
@@ -116,26 +118,39 @@ def verify_export(exported: ExportedModel, part: nn.Module, images: Sequence[np.
     if not images:
         raise ValueError("verify_export needs at least one image")
     names = part.output_names
-    per_image, kept, worst = [], [], {n: 0.0 for n in names}
+    per_image, kept, argmax_changed, worst = [], [], [], {n: 0.0 for n in names}
     for img in tqdm(images, desc=f"verify {exported.format}", unit="img"):
         if img.shape[:2] != (part.height, part.width):
             raise ValueError(f"Verification image of size {img.shape[:2]} != export size "
                              f"{(part.height, part.width)}")
         tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()[None]
         outputs = exported(tensor)
-        diffs = compare_outputs(outputs, _reference(part, model, tensor), names)
+        reference = _reference(part, model, tensor)
+        diffs = compare_outputs(outputs, reference, names)
+        if "sem_seg" in names:
+            i = names.index("sem_seg")
+            same = outputs[i].argmax(axis=1) == reference[i].cpu().numpy().argmax(axis=1)
+            argmax_changed.append(1.0 - float(same.mean()))
         per_image.append(diffs)
         if keep_outputs:
             kept.append(outputs)
         worst = {n: max(worst[n], diffs[n]) for n in names}
     report = {"max_abs_diff": worst, "per_image": per_image, "atol": atol,
               "num_images": len(images)}
+    if argmax_changed:
+        # fraction of pixels whose predicted class differs, over all images
+        report["argmax_changed"] = float(np.mean(argmax_changed))
     if keep_outputs:
         report["outputs"] = kept
     bad = {n: d for n, d in worst.items() if not d <= atol}
     if bad:
+        changed = report.get("argmax_changed")
         raise ExportVerificationError(
             f"{exported.path}: outputs differ from PyTorch by more than {atol}: {bad} "
-            f"(over {len(images)} images)"
+            f"(over {len(images)} images"
+            + (f"; predicted class changed at {changed:.2e} of the pixels" if changed is not None else "")
+            + "). Large inputs reach the float32 floor: at 1024x2048 PyTorch's own bilinear "
+            "upsampling of the logits is ~1e-4 away from a float64 computation "
+            "(docs/EXPORT.md); if the classes agree, check with a larger --atol."
         )
     return report
