@@ -46,6 +46,7 @@ def test_a_killed_worker_fails_the_job_promptly(demo_root, tmp_path):
     text = log_path.read_text()
     assert proc.returncode != 0
     assert "terminated with signal SIGKILL" in text, text[-3000:]
+    print(f"job failed {took:.1f} s after a worker was killed")
     assert took < 60, f"the job took {took:.0f} s to fail after a worker died"
 
 
