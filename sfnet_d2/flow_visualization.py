@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .visualization import concat_side_by_side
+
 __all__ = [
     "color_wheel",
     "flow_to_color",
@@ -264,15 +266,6 @@ def _save(picture: np.ndarray, path: str) -> str:
     return path
 
 
-def _side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
-    h = max(p.shape[0] for p in panels)
-    spacer = np.full((h, gap, 3), 255, np.uint8)
-    out = []
-    for p in panels:
-        out += [p, spacer]
-    return np.concatenate(out[:-1], axis=1)
-
-
 def save_flow_pictures(image: np.ndarray, records: Sequence[AlignmentRecord], out_dir: str,
                        prefix: str, padded_size: Tuple[int, int], feature_mode: str = "mean",
                        arrow_step: int = 16, segmentation: Optional[np.ndarray] = None) -> Dict[str, str]:
@@ -319,12 +312,12 @@ def save_flow_pictures(image: np.ndarray, records: Sequence[AlignmentRecord], ou
             warped = flow_warp(source, flow, fine_size, rec["align_corners"])
             before, after = features_to_images([up[0], warped[0]], padded_size, feature_mode,
                                                crop=(height, width))
-            rows.append(_side_by_side([before, after]))
+            rows.append(concat_side_by_side([before, after]))
         picture = rows[0] if len(rows) == 1 else np.concatenate(
             [rows[0], np.full((4, rows[0].shape[1], 3), 255, np.uint8), rows[1]], axis=0)
         paths[f"stage{i}_features"] = _save(picture, f"{stem}_features.png")
     overview = [image] + flow_pictures + ([finest_arrows] if finest_arrows is not None else [])
     if segmentation is not None:
         overview.append(segmentation)
-    paths["overview"] = _save(_side_by_side(overview), os.path.join(out_dir, f"{prefix}_overview.png"))
+    paths["overview"] = _save(concat_side_by_side(overview), os.path.join(out_dir, f"{prefix}_overview.png"))
     return paths

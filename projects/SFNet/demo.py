@@ -25,12 +25,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
+
+from sfnet_d2.visualization import concat_side_by_side, draw_prediction  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -80,31 +81,13 @@ def to_rgb(image: np.ndarray, input_format: str) -> np.ndarray:
     return utils.convert_image_to_rgb(image, input_format)
 
 
-# --- drawing ------------------------------------------------------------------------------
-
-def draw_prediction(image_rgb: np.ndarray, output: dict, metadata, alpha: float = 0.6) -> np.ndarray:
-    """The overlay of one model output on the image: panoptic if the output holds
-    ``panoptic_seg``, else semantic (argmax of ``sem_seg``)."""
-    vis = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
-    if "panoptic_seg" in output:
-        panoptic, segments = output["panoptic_seg"]
-        return vis.draw_panoptic_seg(panoptic.cpu(), segments, alpha=alpha).get_image()
-    if "sem_seg" in output:
-        classes = output["sem_seg"].argmax(dim=0).cpu().numpy()
-        return vis.draw_sem_seg(classes, alpha=alpha).get_image()
-    raise ValueError(f"Model output has neither 'panoptic_seg' nor 'sem_seg': {sorted(output)}")
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
-    spacer = np.full((left.shape[0], gap, 3), 255, np.uint8)
-    return np.concatenate([left.astype(np.uint8), spacer, right.astype(np.uint8)], axis=1)
-
+# --- drawing (sfnet_d2/visualization.py) -----------------------------------------------------
 
 def run_on_image(model, image: np.ndarray, input_format: str, metadata, alpha=0.6) -> np.ndarray:
     with torch.no_grad():
         output = model([to_model_input(image)])[0]
     rgb = to_rgb(image, input_format)
-    return side_by_side(rgb, draw_prediction(rgb, output, metadata, alpha))
+    return concat_side_by_side([rgb, draw_prediction(rgb, output, metadata, alpha)])
 
 
 # --- inputs -------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ INPUT.FORMAT order (RGB); the normalisation is inside the graph. Output: ``sem_s
 ``--atol`` (1e-4) of PyTorch's. See docs/EXPORT.md (also for TensorRT).
 """
 import argparse
-import logging
 import os
 import sys
 import time
@@ -98,7 +97,9 @@ def main(argv=None):
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
 
-    part = build_network_part(model, args.height, args.width)
+    inference = getattr(cfg.MODEL.SFNET, "INFERENCE", None)
+    part = build_network_part(model, args.height, args.width,
+                              fold_batchnorm=bool(inference is not None and inference.OPTIMIZE))
     logger.info(f"Exporting {cfg.MODEL.META_ARCHITECTURE} ({args.config_file}) to {args.format}, "
                 f"input {list(part.input_shape)} (padded to {part.padded_height}x{part.padded_width} "
                 f"inside), outputs {list(part.output_names)}")

@@ -25,9 +25,10 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import IMAGE_EXTENSIONS, draw_prediction, setup_model, to_model_input, to_rgb  # noqa: E402
+from demo import IMAGE_EXTENSIONS, setup_model, to_model_input, to_rgb  # noqa: E402
 
 from sfnet_d2.flow_visualization import record_alignments, save_flow_pictures  # noqa: E402
+from sfnet_d2.visualization import draw_prediction  # noqa: E402
 
 logger = logging.getLogger("sfnet_d2.visualize_flow")
 

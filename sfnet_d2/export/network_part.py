@@ -16,6 +16,7 @@ model-specific constants; float32 rather than uint8 keeps the input type that ev
 and TensorRT accept.
 """
 import copy
+import logging
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -31,6 +32,8 @@ __all__ = [
     "SemanticNetworkPart",
     "PanopticKNetNetworkPart",
 ]
+
+logger = logging.getLogger(__name__)
 
 # meta-architecture class name -> network-part class
 NETWORK_PARTS: Dict[str, Callable[..., nn.Module]] = {}
@@ -164,11 +167,16 @@ class PanopticKNetNetworkPart(_NetworkPartBase):
         return cls_logits, probs[:, :, : self.height, : self.width]
 
 
-def build_network_part(model: nn.Module, height: int, width: int) -> nn.Module:
+def build_network_part(model: nn.Module, height: int, width: int,
+                       fold_batchnorm: bool = False) -> nn.Module:
     """
     The export-ready network part of ``model`` for (height, width) images: a deep copy of the
     model's modules (the model itself is not modified), in eval mode, with adaptive pooling
-    made static (see ``static_pooling.py``).
+    made static (see ``static_pooling.py``). With ``fold_batchnorm`` (the export command does it
+    when ``MODEL.SFNET.INFERENCE.OPTIMIZE`` is on), the optimised inference path's rewrites are
+    applied too (sfnet_d2/inference/optimize.py): BatchNorm folded into the convolutions,
+    dropout and deep-supervision heads removed. The ONNX exporter folds BatchNorm by itself;
+    for TorchScript it saves one op per convolution.
     """
     name = type(model).__name__
     if name not in NETWORK_PARTS:
@@ -178,6 +186,12 @@ def build_network_part(model: nn.Module, height: int, width: int) -> nn.Module:
         )
     part = NETWORK_PARTS[name](copy.deepcopy(model).eval(), height, width).eval()
     replace_adaptive_avg_pooling(part)
+    if fold_batchnorm:
+        from sfnet_d2.inference.optimize import fold_batchnorm as fold, strip_training_only_modules
+
+        removed = strip_training_only_modules(part)
+        logger.info(f"Folded {fold(part)} BatchNorm layers into convolutions; removed "
+                    f"{len(removed)} training-only modules")
     for p in part.parameters():
         p.requires_grad_(False)
     return part
