@@ -89,3 +89,23 @@ def test_visualize_flow_command(images, tmp_path):
     assert os.path.basename(paths["stage1_flow"]).endswith("_stage1_s4_flow.png")
     # image | flow | arrows | prediction
     assert Image.open(paths["overview"]).size == (4 * W + 3 * 4, H)
+
+
+def test_panoptic_config_gives_a_panoptic_overlay_at_the_input_size(images, tmp_path):
+    # the K-Net demo config resizes to a shorter side of 128 for the model (INPUT.MIN_SIZE_TEST);
+    # the picture stays at the input's size
+    config = os.path.join(ROOT, "configs", "demo", "knet_sfnet_STDC1_demo_coco.yaml")
+    image = sorted(images.glob("*.png"))[0]
+    (out,) = demo.main(["--config-file", config, "--input", str(image), "--output", str(tmp_path)])
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (H, 2 * W + 4, 3)
+    source = np.asarray(Image.open(image))
+    np.testing.assert_array_equal(picture[:, :W], source)
+    assert np.abs(picture[:, W + 4:].astype(int) - source).mean() > 5
+
+
+def test_resize_for_test_follows_the_config_sizes():
+    image = np.zeros((64, 96, 3), np.uint8)
+    assert demo.resize_for_test(image, 0, 0) is image          # SFNet configs: full resolution
+    assert demo.resize_for_test(image, 128, 256).shape == (128, 192, 3)
+    assert demo.resize_for_test(image, 128, 150).shape == (100, 150, 3)  # max side bound

@@ -71,10 +71,22 @@ def _inference_model(cfg, model):
     return build_inference_model(cfg, model)
 
 
-def to_model_input(image: np.ndarray) -> dict:
-    """(H, W, 3) uint8 image in the config's INPUT.FORMAT -> a detectron2 model input dict."""
+def resize_for_test(image: np.ndarray, min_size: int = 0, max_size: int = 0) -> np.ndarray:
+    """The config's test-time resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, detectron2's
+    ResizeShortestEdge, as DefaultPredictor does); 0 = the image as it is (the SFNet configs: the
+    paper evaluates at full resolution)."""
+    if min_size <= 0:
+        return image
+    from detectron2.data import transforms as T
+
+    return T.ResizeShortestEdge([min_size, min_size], max_size).get_transform(image).apply_image(image)
+
+
+def to_model_input(image: np.ndarray, height: int = 0, width: int = 0) -> dict:
+    """(H, W, 3) uint8 image in the config's INPUT.FORMAT -> a detectron2 model input dict; the
+    outputs come at ``height`` x ``width`` (default: the image's size)."""
     tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    return {"image": tensor, "height": image.shape[0], "width": image.shape[1]}
+    return {"image": tensor, "height": height or image.shape[0], "width": width or image.shape[1]}
 
 
 def to_rgb(image: np.ndarray, input_format: str) -> np.ndarray:
@@ -83,9 +95,13 @@ def to_rgb(image: np.ndarray, input_format: str) -> np.ndarray:
 
 # --- drawing (sfnet_d2/visualization.py) -----------------------------------------------------
 
-def run_on_image(model, image: np.ndarray, input_format: str, metadata, alpha=0.6) -> np.ndarray:
+def run_on_image(model, image: np.ndarray, input_format: str, metadata, alpha=0.6,
+                 min_size: int = 0, max_size: int = 0) -> np.ndarray:
+    """Predict on one image (resized for the model as the config says, outputs at the original
+    size) and return input | overlay."""
+    inputs = to_model_input(resize_for_test(image, min_size, max_size), *image.shape[:2])
     with torch.no_grad():
-        output = model([to_model_input(image)])[0]
+        output = model([inputs])[0]
     rgb = to_rgb(image, input_format)
     return concat_side_by_side([rgb, draw_prediction(rgb, output, metadata, alpha)])
 
@@ -124,11 +140,11 @@ def _video_frames(capture, input_format: str) -> Iterator[np.ndarray]:
 
 
 def process_images(model, files: List[str], out_dir: str, input_format: str, metadata,
-                   alpha: float = 0.6) -> List[str]:
+                   alpha: float = 0.6, test_size: Tuple[int, int] = (0, 0)) -> List[str]:
     paths = []
     for f in tqdm(files, desc="demo", unit="img"):
         picture = run_on_image(model, utils.read_image(f, format=input_format), input_format,
-                               metadata, alpha)
+                               metadata, alpha, *test_size)
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(f))[0] + ".png")
         Image.fromarray(picture).save(path)
         paths.append(path)
@@ -136,7 +152,7 @@ def process_images(model, files: List[str], out_dir: str, input_format: str, met
 
 
 def process_video(model, video: str, out_dir: str, input_format: str, metadata,
-                  alpha: float = 0.6, max_frames: int = 0) -> str:
+                  alpha: float = 0.6, max_frames: int = 0, test_size: Tuple[int, int] = (0, 0)) -> str:
     """Read ``video`` with cv2.VideoCapture, write the side-by-side frames as an mp4 (mp4v)."""
     import cv2
 
@@ -155,7 +171,7 @@ def process_video(model, video: str, out_dir: str, input_format: str, metadata,
                                        desc="demo", unit="frame")):
             if max_frames > 0 and i >= max_frames:
                 break
-            picture = run_on_image(model, frame, input_format, metadata, alpha)
+            picture = run_on_image(model, frame, input_format, metadata, alpha, *test_size)
             if writer is None:
                 h, w = picture.shape[:2]
                 writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -195,11 +211,13 @@ def main(argv=None) -> List[str]:
     metadata = MetadataCatalog.get(dataset)
     os.makedirs(args.output, exist_ok=True)
     start = time.perf_counter()
+    test_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     if kind == "video":
         outputs = [process_video(model, files[0], args.output, cfg.INPUT.FORMAT, metadata,
-                                 args.alpha, args.max_frames)]
+                                 args.alpha, args.max_frames, test_size)]
     else:
-        outputs = process_images(model, files, args.output, cfg.INPUT.FORMAT, metadata, args.alpha)
+        outputs = process_images(model, files, args.output, cfg.INPUT.FORMAT, metadata,
+                                 args.alpha, test_size)
     logger.info(f"Wrote {len(outputs)} file(s) to {os.path.abspath(args.output)} "
                 f"in {time.perf_counter() - start:.1f} s")
     return outputs

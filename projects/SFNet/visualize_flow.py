@@ -25,7 +25,13 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import IMAGE_EXTENSIONS, setup_model, to_model_input, to_rgb  # noqa: E402
+from demo import (  # noqa: E402
+    IMAGE_EXTENSIONS,
+    resize_for_test,
+    setup_model,
+    to_model_input,
+    to_rgb,
+)
 
 from sfnet_d2.flow_visualization import record_alignments, save_flow_pictures  # noqa: E402
 from sfnet_d2.visualization import draw_prediction  # noqa: E402
@@ -49,10 +55,16 @@ def list_input_images(path: str) -> List[str]:
 
 def visualize_image(cfg, model, path: str, out_dir: str, metadata, feature_mode: str = "mean",
                     arrow_step: int = 16) -> Dict[str, str]:
-    image = utils.read_image(path, format=cfg.INPUT.FORMAT)
+    # at the size the model sees (the config's test-time resize; none for the SFNet configs)
+    image = resize_for_test(utils.read_image(path, format=cfg.INPUT.FORMAT),
+                            cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     outputs, records = record_alignments(model, [to_model_input(image)])
     rgb = to_rgb(image, cfg.INPUT.FORMAT)
-    divisibility = max(int(getattr(model.backbone, "size_divisibility", 0) or 0), 1)
+    # the model's padding rule (SFNetKNet keeps it on the model, SemanticSegmentor on the backbone)
+    divisibility = getattr(model, "size_divisibility", None)
+    if divisibility is None:
+        divisibility = getattr(model.backbone, "size_divisibility", 0)
+    divisibility = max(int(divisibility or 0), 1)
     padded = tuple(-(-s // divisibility) * divisibility for s in image.shape[:2])
     segmentation = draw_prediction(rgb, outputs[0], metadata)
     prefix = os.path.splitext(os.path.basename(path))[0]
