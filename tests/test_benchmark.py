@@ -24,12 +24,12 @@ CONFIGS = "configs/cityscapes/semantic/"
 
 
 def test_summary_statistics_hand_computed():
-    records = [RunRecord(float(t), other) for t, other in
+    records = [RunRecord(float(t), 2.0 * t, other) for t, other in
                zip(range(1, 11), [0.0, 0.1, 0.5, 0.0, 1.0, 0.0, 0.0, 0.9, 0.2, 0.05])]
     s = summarize(records)
     assert s["median_s"] == pytest.approx(5.5)
     assert s["p90_s"] == pytest.approx(9.1)  # 9 + 0.1 * (10 - 9), linear interpolation
-    assert s["fps"] == pytest.approx(1 / 5.5)
+    assert s["fps"] == pytest.approx(1 / 5.5) and s["median_cpu_s"] == pytest.approx(11.0)
     assert s["clean_runs"] == 6 and s["clean_median_s"] == pytest.approx(5.0)  # runs 1,2,4,6,7,10
     assert percentile([3.0], 90) == 3.0
 
@@ -143,6 +143,8 @@ def test_benchmark_command_small(tmp_path, demo_datasets):
     bound = 2 * report["fvcore_gmacs"] / throughput
     assert opt["flop_bound_s"] == pytest.approx(bound)
     assert opt["measured_over_bound"] == pytest.approx(opt["median_s"] / bound)
+    bound_cpu = 2 * report["fvcore_gmacs"] / (2 * 1024 ** 3 / results["conv_gemm"]["median_cpu_s"] / 1e9)
+    assert opt["cpu_measured_over_bound"] == pytest.approx(opt["median_cpu_s"] / bound_cpu)
     # 64x128 is 1/256 of 1024x2048 (PPM bins aside): official 178.85 GFLOPs
     assert report["fvcore_gmacs"] * 256 == pytest.approx(178.85, rel=0.01)
     acc = report["accuracy_vs_eager"]["optimized"]

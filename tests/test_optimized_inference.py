@@ -168,22 +168,22 @@ def _logits(model, image, **extra):
     ("sfnet_R18.yaml", {}),  # the defaults: channels-last, trace + freeze, fp32
     ("sfnet_lite_R18.yaml", {}),
     ("sfnet_lite_STDC1.yaml", {}),
-    ("sfnet_DF1.yaml", {}),
-    ("sfnet_R18.yaml", {"torchscript": "optimize"}),
-    ("sfnet_lite_R18.yaml", {"torchscript": "none", "channels_last": False}),
+    ("sfnet_DF1.yaml", {"torchscript": "none"}),
+    ("sfnet_lite_R18.yaml", {"torchscript": "optimize"}),
+    ("sfnet_R18.yaml", {"torchscript": "none", "channels_last": False}),
 ])
 def test_optimized_logits_equal_eager(config, kwargs):
     model, optimized = _eager_and_optimized(config, **kwargs)
     assert isinstance(optimized, OptimizedSemanticSegmentor)
     gen = torch.Generator().manual_seed(1)
-    image = torch.randint(0, 256, (3, 70, 134), dtype=torch.uint8, generator=gen)  # padded to 96x160
+    image = torch.randint(0, 256, (3, 45, 70), dtype=torch.uint8, generator=gen)  # padded to 64x96
     expected = _logits(model, image)
     got = _logits(optimized, image)
-    assert got.shape == expected.shape == (19, 70, 134)
+    assert got.shape == expected.shape == (19, 45, 70)
     assert (got - expected).abs().max().item() < 1e-4
     # resized output (sem_seg_postprocess's interpolation path)
-    expected = _logits(model, image, height=35, width=67)
-    assert (_logits(optimized, image, height=35, width=67) - expected).abs().max().item() < 1e-4
+    expected = _logits(model, image, height=90, width=35)
+    assert (_logits(optimized, image, height=90, width=35) - expected).abs().max().item() < 1e-4
 
 
 def test_deep_supervision_heads_are_dropped_and_original_untouched():

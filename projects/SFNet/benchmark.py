@@ -232,10 +232,15 @@ def run_benchmark(args) -> Dict[str, object]:
     gmacs = None
     if isinstance(model, SemanticSegmentor) and not args.no_flops:
         gmacs = count_network_flops(model, height, width).total() / 1e9
-    throughput = None
+    throughput = throughput_cpu = None
     if GEMM in results:
         throughput = 2 * gemm_macs / results[GEMM]["median_s"] / 1e9
         results[GEMM]["gflops_per_s"] = throughput
+        # The same in CPU time (GFLOP per CPU-second of this process, all threads): on a shared
+        # machine, model and reference lose wall time to other processes differently; CPU time
+        # is much less affected.
+        throughput_cpu = 2 * gemm_macs / results[GEMM]["median_cpu_s"] / 1e9
+        results[GEMM]["gflops_per_cpu_s"] = throughput_cpu
 
     for name, res in results.items():
         if name == GEMM:
@@ -247,6 +252,8 @@ def run_benchmark(args) -> Dict[str, object]:
             bound = flop_bound_seconds(gmacs, throughput)
             res["flop_bound_s"] = bound
             res["measured_over_bound"] = res["median_s"] / bound
+            res["cpu_measured_over_bound"] = (
+                res["median_cpu_s"] / flop_bound_seconds(gmacs, throughput_cpu))
 
     accuracy, accuracy_note = {}, None
     if len(modes) > 1:
@@ -272,6 +279,7 @@ def run_benchmark(args) -> Dict[str, object]:
         "fvcore_gmacs": gmacs,
         "gemm_size": args.gemm_size,
         "conv_throughput_gflops_per_s": throughput,
+        "conv_throughput_gflops_per_cpu_s": throughput_cpu,
         "results": results,
         "accuracy_vs_eager": accuracy,
         "accuracy_note": accuracy_note,
@@ -293,7 +301,8 @@ def format_report(report: Dict[str, object]) -> str:
         f"({report['gemm_size']}^3 GEMM as 1x1 conv): "
         f"{_fmt(report['conv_throughput_gflops_per_s'], '.1f')} GFLOP/s",
         f"{'mode':<16} {'phase':<11} {'median s':>9} {'p90 s':>8} {'FPS':>7} {'peak MiB':>9} "
-        f"{'vs eager':>8} {'bound s':>8} {'/bound':>7} {'clean':>9} {'others':>7}",
+        f"{'vs eager':>8} {'bound s':>8} {'/bound':>7} {'clean':>9} {'others':>7} {'CPU s':>7} "
+        f"{'CPU/bnd':>7}",
     ]
     for name, res in report["results"].items():
         if name == GEMM:
@@ -307,14 +316,18 @@ def format_report(report: Dict[str, object]) -> str:
             f"{res['fps']:>7.2f} {_fmt(res['peak_memory_mib'], '9.0f'):>9} "
             f"{_fmt(res.get('speedup_vs_eager'), '.2f'):>8} {_fmt(res.get('flop_bound_s'), '.3f'):>8} "
             f"{_fmt(res.get('measured_over_bound'), '.2f'):>7} {clean:>9} "
-            f"{(np.mean(other) if other else float('nan')):>7.2f}"
+            f"{(np.mean(other) if other else float('nan')):>7.2f} {res['median_cpu_s']:>7.3f} "
+            f"{_fmt(res.get('cpu_measured_over_bound'), '.2f'):>7}"
         )
     if GEMM in report["results"]:
         g = report["results"][GEMM]
-        lines.append(f"{'conv GEMM':<28} {g['median_s']:>9.3f} {g['p90_s']:>8.3f}")
+        lines.append(f"{'conv GEMM':<28} {g['median_s']:>9.3f} {g['p90_s']:>8.3f}   CPU "
+                     f"{g['median_cpu_s']:.3f} s = {g['gflops_per_cpu_s']:.1f} GFLOP per CPU-s")
     lines.append("vs eager = eager median / mode median (same phase); /bound = median / FLOP bound; "
                  f"clean = median over runs with other processes < {CLEAN_OTHER_CORES} cores "
-                 "(count); others = mean cores used by other processes during the runs")
+                 "(count); others = mean cores used by other processes during the runs; CPU s = median "
+                 "CPU time of this process per run (all threads); CPU/bnd = the same ratio as /bound in "
+                 "CPU time (model CPU s over its FLOPs at the GEMM's GFLOP per CPU-s)")
     for name, acc in report["accuracy_vs_eager"].items():
         lines.append(f"accuracy {name}: max |logit - eager| = {acc['max_abs_logit_deviation']:.2e}, "
                      f"argmax changed on {100 * acc['argmax_changed_fraction']:.4f}% of "

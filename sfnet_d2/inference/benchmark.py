@@ -49,7 +49,8 @@ CLEAN_OTHER_CORES = 0.15
 
 
 class RunRecord(NamedTuple):
-    seconds: float
+    seconds: float  # wall-clock time of the run
+    cpu_seconds: float  # CPU time of this process (all threads) during the run
     other_cores: Optional[float]  # average cores used by other processes during the run
 
 
@@ -63,6 +64,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def summarize(records: Sequence[RunRecord]) -> Dict[str, object]:
     """Median, p90, mean, min, FPS (= 1 / median) and contention of some runs."""
     times = [r.seconds for r in records]
+    cpu = [r.cpu_seconds for r in records]
     median = percentile(times, 50)
     out = {
         "runs": len(times),
@@ -72,6 +74,9 @@ def summarize(records: Sequence[RunRecord]) -> Dict[str, object]:
         "mean_s": float(np.mean(times)),
         "min_s": float(np.min(times)),
         "fps": 1.0 / median if median > 0 else float("inf"),
+        # CPU time is less sensitive than wall time to other processes taking the cores away.
+        "cpu_seconds": cpu,
+        "median_cpu_s": percentile(cpu, 50),
     }
     other = [r.other_cores for r in records]
     out["other_cores"] = other
@@ -225,12 +230,12 @@ def round_robin(
                 progress(f"round {r + 1}/{runs}: {name}")
             _synchronize(device)
             load.start()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             task()
             _synchronize(device)
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             other = load.stop()
-            records[name].append(RunRecord(seconds, other))
+            records[name].append(RunRecord(seconds, cpu, other))
     return records
 
 
