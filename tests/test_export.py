@@ -201,13 +201,13 @@ def test_panoptic_knet_network_part(fmt, tmp_path):
     torch.manual_seed(0)
     model = build_model(make_cfg(KNET_CONFIG)).eval()
     h, w = 60, 100  # padded to 64x128 inside
-    part = build_network_part(model, h, w)
+    part = build_network_part(model, h, w, fold_batchnorm=True)  # compared with the unfolded model
     assert part.output_names == ("cls_logits", "mask_probs")
     path = str(tmp_path / ("m.ts" if fmt == "torchscript" else "m.onnx"))
     (export_torchscript if fmt == "torchscript" else export_onnx)(part, path)
     exported = load_exported(path, part.output_names)
     image = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
-    report = verify_export(exported, part, [image], atol=1e-4)
+    report = verify_export(exported, part, [image], model=model, atol=1e-4)
     assert max(report["max_abs_diff"].values()) <= 1e-4
     # the exported outputs + the Python panoptic merge = the model's own panoptic output
     cls_logits, mask_probs = exported(image.transpose(2, 0, 1)[None].astype(np.float32))

@@ -156,7 +156,15 @@ class PanopticKNetNetworkPart(_NetworkPartBase):
         self.mask_stride = int(model.feat_downsample_stride)
 
     def forward(self, image: torch.Tensor):
-        _, stage_outputs = self.model.forward_head(self.normalize_and_pad(image))
+        return self._outputs(self.model, image)
+
+    def reference_outputs(self, model: nn.Module, image: torch.Tensor):
+        """The same outputs computed with the original model's modules (for verification: the
+        exported copy may have BatchNorm folded and pooling rewritten)."""
+        return self._outputs(model, image)
+
+    def _outputs(self, model: nn.Module, image: torch.Tensor):
+        _, stage_outputs = model.forward_head(self.normalize_and_pad(image))
         cls_logits, mask_logits = stage_outputs[-1]
         if self.mask_stride != 1:
             # stride-8 kernel masks -> stride 4, as SFNetKNet._upsample
