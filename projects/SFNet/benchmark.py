@@ -43,7 +43,11 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
 
-from sfnet_d2.inference import SemanticNetwork, optimize_model  # noqa: E402
+from sfnet_d2.inference import (  # noqa: E402
+    OptimizedSemanticSegmentor,
+    SemanticNetwork,
+    optimize_model,
+)
 from sfnet_d2.inference.benchmark import (  # noqa: E402
     CLEAN_OTHER_CORES,
     PeakMemory,
@@ -93,9 +97,7 @@ def build_modes(cfg, model: torch.nn.Module, names, device) -> (List[Mode], Dict
             skipped[name] = reason
             continue
         if name == "eager":
-            network = (SemanticNetwork(model.backbone, model.sem_seg_head)
-                       if isinstance(model, SemanticSegmentor) else None)
-            modes.append(Mode(name, model, network, "plain detectron2 model, eager"))
+            modes.append(Mode(name, model, network_of(model), "plain model, eager"))
             continue
         kwargs = dict(channels_last=settings.CHANNELS_LAST, torchscript=settings.TORCHSCRIPT,
                       precision="fp32", max_compiled_sizes=settings.MAX_COMPILED_SIZES)
@@ -104,24 +106,49 @@ def build_modes(cfg, model: torch.nn.Module, names, device) -> (List[Mode], Dict
         elif name in ("bf16", "fp16"):
             kwargs["precision"] = name
         optimized = optimize_model(model, **kwargs)
-        network = getattr(optimized, "network_forward", None)
-        description = (f"BN folded, channels_last={kwargs['channels_last']}, "
-                       f"torchscript={kwargs['torchscript']}, {kwargs['precision']}")
-        modes.append(Mode(name, optimized, network, description))
+        if isinstance(optimized, OptimizedSemanticSegmentor):
+            description = (f"BN folded, channels_last={kwargs['channels_last']}, "
+                           f"torchscript={kwargs['torchscript']}, {kwargs['precision']}")
+        elif name in ("bf16", "fp16"):
+            skipped[name] = (f"reduced precision is implemented for SemanticSegmentor models only, "
+                             f"not {type(model).__name__}")
+            continue
+        elif name == "optimized-eager":
+            skipped[name] = f"same as 'optimized' for {type(model).__name__}"
+            continue
+        else:
+            description = "BN folded, dropout removed (module rewrites only), fp32"
+        modes.append(Mode(name, optimized, network_of(optimized), description))
     return modes, skipped
 
 
+def network_of(model: torch.nn.Module):
+    """The network part (normalised padded images -> raw outputs) of a model, or None."""
+    if isinstance(model, OptimizedSemanticSegmentor):
+        return model.network_forward
+    if isinstance(model, SemanticSegmentor):
+        return SemanticNetwork(model.backbone, model.sem_seg_head)
+    if callable(getattr(model, "forward_head", None)):  # K-Net panoptic
+        return model.forward_head
+    return None
+
+
 def end_to_end(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """uint8 (3, H, W) image -> (H, W) label map on the CPU, through the full model."""
+    """uint8 (3, H, W) image -> (H, W) label map on the CPU through the full model: the argmax of
+    the semantic logits, or the panoptic segment map of a panoptic model."""
     height, width = image.shape[-2:]
-    logits = model([{"image": image, "height": height, "width": width}])[0]["sem_seg"]
-    return logits.argmax(dim=0).cpu()
+    out = model([{"image": image, "height": height, "width": width}])[0]
+    if "sem_seg" in out:
+        return out["sem_seg"].argmax(dim=0).cpu()
+    return out["panoptic_seg"][0].cpu()
 
 
-def network_input(model: SemanticSegmentor, image: torch.Tensor) -> torch.Tensor:
-    """The normalised, padded batch the network sees (SemanticSegmentor's pre-processing)."""
+def network_input(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """The normalised, padded batch the network sees (the model's own pre-processing)."""
     x = (image.to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
-    return ImageList.from_tensors([x], model.backbone.size_divisibility).tensor
+    divisibility = (model.backbone.size_divisibility if isinstance(model, SemanticSegmentor)
+                    else getattr(model, "size_divisibility", 0))
+    return ImageList.from_tensors([x], divisibility).tensor
 
 
 def load_accuracy_images(dataset: str, count: int):
@@ -142,21 +169,34 @@ def load_accuracy_images(dataset: str, count: int):
     return images, None
 
 
+def _prediction(model: torch.nn.Module, image: torch.Tensor):
+    out = model([{"image": image}])[0]
+    if "sem_seg" in out:
+        return out["sem_seg"].float().cpu()
+    return out["panoptic_seg"][0].cpu()
+
+
 def compare_with_eager(modes: List[Mode], images) -> Dict[str, Dict[str, float]]:
-    """Per mode: max |logit - eager logit| and the fraction of pixels whose argmax changes."""
+    """Per mode: max |logit - eager logit| and the fraction of pixels whose argmax changes (for a
+    panoptic model without semantic output: the fraction whose segment id changes)."""
     eager = next(m for m in modes if m.name == "eager")
     out = {}
     with torch.inference_mode():
-        references = [eager.model([{"image": im}])[0]["sem_seg"].float().cpu() for im in images]
+        references = [_prediction(eager.model, im) for im in images]
         for mode in modes:
             if mode.name == "eager":
                 continue
             max_dev, changed, total = 0.0, 0, 0
             for image, ref in zip(images, references):
-                logits = mode.model([{"image": image}])[0]["sem_seg"].float().cpu()
-                max_dev = max(max_dev, (logits - ref).abs().max().item())
-                changed += int((logits.argmax(0) != ref.argmax(0)).sum())
-                total += ref[0].numel()
+                got = _prediction(mode.model, image)
+                if ref.dim() == 3:  # (K, H, W) logits
+                    max_dev = max(max_dev, (got - ref).abs().max().item())
+                    changed += int((got.argmax(0) != ref.argmax(0)).sum())
+                    total += ref[0].numel()
+                else:  # (H, W) panoptic segment ids
+                    max_dev = None
+                    changed += int((got != ref).sum())
+                    total += ref.numel()
             out[mode.name] = {"max_abs_logit_deviation": max_dev,
                               "argmax_changed_fraction": changed / total, "pixels": total}
     return out
@@ -205,7 +245,7 @@ def run_benchmark(args) -> Dict[str, object]:
 
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
-    net_input = network_input(model, image) if isinstance(model, SemanticSegmentor) else None
+    net_input = network_input(model, image)
 
     tasks = {}
     for mode in modes:
@@ -230,7 +270,7 @@ def run_benchmark(args) -> Dict[str, object]:
             results[name]["peak_memory_mib"] = peak_memory_of(task, device) / 2**20
 
     gmacs = None
-    if isinstance(model, SemanticSegmentor) and not args.no_flops:
+    if not args.no_flops and network_of(model) is not None:
         gmacs = count_network_flops(model, height, width).total() / 1e9
     throughput = throughput_cpu = None
     if GEMM in results:
@@ -329,7 +369,8 @@ def format_report(report: Dict[str, object]) -> str:
                  "CPU time of this process per run (all threads); CPU/bnd = the same ratio as /bound in "
                  "CPU time (model CPU s over its FLOPs at the GEMM's GFLOP per CPU-s)")
     for name, acc in report["accuracy_vs_eager"].items():
-        lines.append(f"accuracy {name}: max |logit - eager| = {acc['max_abs_logit_deviation']:.2e}, "
+        lines.append(f"accuracy {name}: max |logit - eager| = "
+                     f"{_fmt(acc['max_abs_logit_deviation'], '.2e')}, "
                      f"argmax changed on {100 * acc['argmax_changed_fraction']:.4f}% of "
                      f"{acc['pixels']} pixels")
     if report["accuracy_note"]:

@@ -44,21 +44,50 @@ class FlopRow(NamedTuple):
     depth: int  # indentation level for printing
 
 
+class _HeadNetwork(torch.nn.Module):
+    """The network part of a meta-architecture with ``forward_head(images)`` (the K-Net panoptic
+    model): normalised images -> its outputs, flattened to a tuple of tensors for the tracer."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        return tuple(t for t in _flatten(self.model.forward_head(images)) if torch.is_tensor(t))
+
+
+def _flatten(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _flatten(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _flatten(v)
+    else:
+        yield x
+
+
 def count_network_flops(model: torch.nn.Module, height: int, width: int) -> FlopCountAnalysis:
-    """fvcore's analysis of ``SemanticNetwork(model.backbone, model.sem_seg_head)`` on a
-    (1, 3, height, width) input, in eval mode."""
-    if not isinstance(model, SemanticSegmentor):
+    """fvcore's analysis of the network part of ``model`` on a (1, 3, height, width) input, in eval
+    mode: ``SemanticNetwork(model.backbone, model.sem_seg_head)`` for a SemanticSegmentor,
+    ``model.forward_head`` for models that have one (K-Net panoptic; module names then start with
+    ``model.``)."""
+    if isinstance(model, SemanticSegmentor):
+        net = SemanticNetwork(model.backbone, model.sem_seg_head)
+    elif callable(getattr(model, "forward_head", None)):
+        net = _HeadNetwork(model)
+    else:
         raise TypeError(
-            f"count_network_flops needs a detectron2 SemanticSegmentor (backbone + sem_seg_head), "
-            f"got {type(model).__name__}; count its network with fvcore.nn.FlopCountAnalysis"
+            f"count_network_flops needs a detectron2 SemanticSegmentor (backbone + sem_seg_head) or "
+            f"a model with forward_head(images), got {type(model).__name__}; count its network "
+            "with fvcore.nn.FlopCountAnalysis"
         )
     was_training = model.training
     model.eval()
-    net = SemanticNetwork(model.backbone, model.sem_seg_head)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     try:
         with torch.no_grad():
-            device = model.pixel_mean.device
+            device = next(model.parameters()).device
             analysis = FlopCountAnalysis(net, torch.zeros(1, 3, height, width, device=device))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             analysis.total()  # run the trace now, in eval mode
