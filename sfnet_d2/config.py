@@ -111,6 +111,7 @@ def add_sfnet_config(cfg):
 
     _add_training_recipe_config(cfg)
     _add_knet_config(cfg)
+    _add_mit_config(cfg)
     return cfg
 
 
@@ -270,3 +271,27 @@ def _add_ablation_config(cfg):
     # Bottom-up backbone of the "build_sfnet_fpn_backbone" builder (detectron2's FPN over one of
     # our backbones, for the Semantic-FPN baseline of Table 18; MODEL.FPN.* configure the FPN).
     cfg.MODEL.SFNET.FPN_BOTTOM_UP = "build_deep_stem_resnet_backbone"
+
+def _add_mit_config(cfg):
+    """SegFormer's Mix Transformer backbones, its all-MLP decoder and the optimizer options their
+    recipe needs (paper Table 19; docs/TRANSFORMERS.md). Defaults are the official SegFormer ones
+    (NVlabs/SegFormer mix_transformer.py, segformer.b0.512x512.ade.160k.py); the optimizer
+    defaults keep detectron2's SGD unchanged for every other config."""
+    # MiT encoder, registered as "build_mit_backbone"; outputs res2..res5 at strides 4/8/16/32.
+    cfg.MODEL.MIT = CN()
+    # "B0" (widths 32/64/160/256) or "B1" (64/128/320/512), both depths 2/2/2/2; "B2".."B5" too.
+    cfg.MODEL.MIT.NAME = "B0"
+    cfg.MODEL.MIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Stochastic depth, growing linearly from 0 to this over all blocks (official 0.1).
+    cfg.MODEL.MIT.DROP_PATH_RATE = 0.1
+    # Dropout2d before the classifier of the SegFormer all-MLP decoder ("SegFormerHead", whose
+    # embedding width is MODEL.SEM_SEG_HEAD.CONVS_DIM: 256 for B0/B1); official dropout_ratio 0.1.
+    cfg.MODEL.MIT.DECODER_DROPOUT = 0.1
+
+    # Optimizer (sfnet_d2/solver/optimizer.py). "SGD" (SOLVER.MOMENTUM/NESTEROV; the SFNet recipe)
+    # or "ADAMW" (torch defaults betas (0.9, 0.999), eps 1e-8, as SegFormer). Weight decay:
+    # SOLVER.WEIGHT_DECAY, SOLVER.WEIGHT_DECAY_NORM for normalisation layers (SegFormer: 0.01 / 0).
+    cfg.SOLVER.SFNET.OPTIMIZER = "SGD"
+    # Learning-rate multiplier of the parameters under sem_seg_head (SegFormer: 10, its
+    # paramwise 'head' lr_mult); 1 = one learning rate for the whole model.
+    cfg.SOLVER.SFNET.HEAD_LR_MULTIPLIER = 1.0

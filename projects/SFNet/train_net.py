@@ -33,6 +33,7 @@ from sfnet_d2.inference import build_inference_model
 from sfnet_d2.modeling.knet import training as knet_training
 from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
 from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
+from sfnet_d2.solver.optimizer import build_sfnet_optimizer, uses_sfnet_optimizer
 
 
 class Trainer(DefaultTrainer):
@@ -137,6 +138,8 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         if knet_training.is_knet(cfg):  # AdamW, backbone lr x0.25, full-model gradient clipping
             return knet_training.build_knet_optimizer(cfg, model)
+        if uses_sfnet_optimizer(cfg):  # SOLVER.SFNET.OPTIMIZER / HEAD_LR_MULTIPLIER (SegFormer's AdamW)
+            return build_sfnet_optimizer(cfg, model)
         return super().build_optimizer(cfg, model)
 
     # build_optimizer: detectron2's default (SGD with SOLVER.MOMENTUM/NESTEROV/WEIGHT_DECAY and
