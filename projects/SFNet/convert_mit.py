@@ -96,14 +96,17 @@ def convert(src, dst, variant=None, backbone_only=False, overwrite=False):
         if head_size and not config.startswith("segformer"):
             continue
         mode = "--eval-only " if head_size else ""
+        classes = (f" MODEL.SEM_SEG_HEAD.NUM_CLASSES {head_size[0]}"
+                   if head_size and head_size[0] != 150 else "")
         print(f"  use: python projects/SFNet/train_net.py {mode}--config-file "
-              f"configs/ade20k/semantic/{config} MODEL.WEIGHTS {dst}")
+              f"configs/ade20k/semantic/{config} MODEL.WEIGHTS {dst}{classes}")
     return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("src", help="mit_b*.pth, a SegFormer .pth, or a transformers .bin / .safetensors")
+    parser.add_argument("src", help="mit_b*.pth, a SegFormer .pth, or a transformers .bin or "
+                                     ".safetensors file")
     parser.add_argument("dst", help="output detectron2 checkpoint (.pth)")
     parser.add_argument("--variant", choices=sorted(MIT_LAYOUTS),
                         help="expected MiT variant (checked against the file)")

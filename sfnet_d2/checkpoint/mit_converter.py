@@ -9,7 +9,8 @@ Two layouts are read, both from a file the user downloaded:
   ``block1.0.attn.sr.weight``, ``block1.0.attn.norm.weight``, ``block1.0.mlp.dwconv.dwconv.weight``,
   ``norm1.weight``, ... and the ImageNet classifier ``head.*``), and the mmseg segmentation
   checkpoints (the same keys under ``backbone.``, the decoder under ``decode_head.``);
-* **huggingface** (``transformers``' SegFormer): ``segformer.encoder.patch_embeddings.0.proj.weight``,
+* **huggingface** (``transformers``' SegFormer):
+  ``segformer.encoder.patch_embeddings.0.proj.weight``,
   ``segformer.encoder.block.0.0.attention.self.query.weight``, separate ``key`` and ``value``
   (concatenated here into our ``kv``, keys first as in the official layer),
   ``attention.output.dense``, ``mlp.dense1``, ``segformer.encoder.layer_norm.0``, the ImageNet
@@ -31,8 +32,9 @@ import torch
 
 from .official_converter import ConversionError, ConversionResult, read_official_checkpoint
 
-__all__ = ["MIT_LAYOUT_OFFICIAL", "MIT_LAYOUT_HF", "read_mit_checkpoint", "detect_mit_layout",
-           "mit_key_map", "infer_mit_variant", "mit_target_shapes", "convert_mit_state_dict"]
+__all__ = ["ConversionError", "MIT_LAYOUT_OFFICIAL", "MIT_LAYOUT_HF", "read_mit_checkpoint",
+           "detect_mit_layout", "mit_key_map", "infer_mit_variant", "mit_target_shapes",
+           "convert_mit_state_dict"]
 
 MIT_LAYOUT_OFFICIAL = "official"
 MIT_LAYOUT_HF = "huggingface"
@@ -191,7 +193,8 @@ def infer_mit_variant(source: Dict[str, torch.Tensor], layout: str) -> str:
 def mit_target_shapes(variant: str, num_classes: Optional[int] = None,
                       embed_dim: Optional[int] = None) -> Dict[str, Tuple[int, ...]]:
     """State-dict shapes of our MiT ``backbone.*`` and, with ``num_classes``, of a
-    ``SegFormerHead`` (``sem_seg_head.*``, embedding ``embed_dim``) on it. Built on the meta device."""
+    ``SegFormerHead`` (``sem_seg_head.*``, embedding ``embed_dim``) on it. Built on the meta
+    device."""
     from sfnet_d2.modeling.backbone.mit import MixVisionTransformer
     from sfnet_d2.modeling.segformer_head import SegFormerHead
 
@@ -228,7 +231,8 @@ def convert_mit_state_dict(
         if expected is None:
             unexpected.append(f"{what} -> {ours} (no such key in our model)")
         elif tuple(tensor.shape) != tuple(expected):
-            mismatched[ours] = f"{what} -> {ours}: file {tuple(tensor.shape)}, ours {tuple(expected)}"
+            mismatched[ours] = (f"{what} -> {ours}: file {tuple(tensor.shape)}, "
+                                f"ours {tuple(expected)}")
         else:
             result.state_dict[ours] = tensor.clone()
             return True

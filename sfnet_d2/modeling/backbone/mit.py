@@ -242,7 +242,8 @@ class MixVisionTransformer(Backbone):
         self._out_feature_channels = dict(zip(_STAGE_NAMES, layout.embed_dims))
         self._out_feature_strides = dict(zip(_STAGE_NAMES, _STRIDES))
         # Stages after the last requested output are built (checkpoints keep their keys), not run.
-        self._run_stages = list(_STAGE_NAMES[: 1 + max(_STAGE_NAMES.index(f) for f in out_features)])
+        last = max(_STAGE_NAMES.index(f) for f in out_features)
+        self._run_stages = list(_STAGE_NAMES[: last + 1])
         self._init_weights()
         self.freeze(freeze_at)
 
@@ -278,7 +279,8 @@ class MixVisionTransformer(Backbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if x.dim() != 4:
-            raise ValueError(f"MixVisionTransformer takes (N, C, H, W) inputs, got {tuple(x.shape)}")
+            raise ValueError(
+                f"MixVisionTransformer takes (N, C, H, W) inputs, got {tuple(x.shape)}")
         outputs = {}
         for name in self._run_stages:
             x = getattr(self, name)(x)
