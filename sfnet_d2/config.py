@@ -111,6 +111,7 @@ def add_sfnet_config(cfg):
 
     _add_training_recipe_config(cfg)
     _add_knet_config(cfg)
+    _add_robustnet_config(cfg)
     _add_mit_config(cfg)
     return cfg
 
@@ -239,6 +240,42 @@ def _add_knet_config(cfg):
     cfg.SOLVER.KNET.BACKBONE_MULTIPLIER = 0.25  # lr multiplier of the parameters under "backbone."
 
 
+def _add_robustnet_config(cfg):
+    """RobustNet's instance normalisation / instance (selective) whitening as options of the
+    deep-stem ResNet and STDC backbones (paper Table 17; sfnet_d2/modeling/robustnet.py,
+    docs/ROBUSTNET.md). Defaults: the official RobustNet Cityscapes ISW scripts (shachoi/RobustNet
+    scripts/train_r50os16_cty_isw.sh); MODE "none" keeps every backbone bit-identical."""
+    cfg.MODEL.ROBUSTNET = CN()
+    # "none"; "is" / "in": instance normalisation without / with affine, no loss (official
+    # --wt_layer codes 3 / 4); "iw": + whitening loss on all off-diagonal covariances (code 1);
+    # "isw": + loss on the style-sensitive covariances only (code 2, RobustNet's method).
+    cfg.MODEL.ROBUSTNET.MODE = "none"
+    # Where: "stem" (the stem's last norm is replaced), "res2".."res5" (IN on the output of the
+    # stage's last block). Official --wt_layer 0 0 2 2 2 0 0 = stem, layer1, layer2.
+    cfg.MODEL.ROBUSTNET.LAYERS = ["stem", "res2", "res3"]
+    # Weight of the whitening loss, the mean over LAYERS (official --wt_reg_weight 0.6).
+    cfg.MODEL.ROBUSTNET.LOSS_WEIGHT = 0.6
+    # ISW: 1-D k-means groups of the covariance variances; all but the lowest are masked
+    # (official --clusters: 2 in the Cityscapes scripts, 3 for GTAV, 20 for MobileNetV2).
+    cfg.MODEL.ROBUSTNET.CLUSTERS = 2
+    # ISW: rounds of covariance statistics; the mask is the intersection of theirs (--trials 10).
+    cfg.MODEL.ROBUSTNET.TRIALS = 10
+    # ISW: the mask is computed when epoch COVSTAT_EPOCH (0-based) ends; the whitening loss applies
+    # from then on (official --cov_stat_epoch 5: 6 epochs without it). Epoch length as in
+    # SOLVER.SFNET (sfnet_d2/solver/epochs.py).
+    cfg.MODEL.ROBUSTNET.COVSTAT_EPOCH = 5
+    # ISW: images per round and dataset, drawn at random, full size (official: 500, batch 1).
+    cfg.MODEL.ROBUSTNET.COVSTAT_IMAGES = 500
+    # ISW: datasets of the statistics; [] = DATASETS.TRAIN (official --covstat_val_dataset =
+    # the training set).
+    cfg.MODEL.ROBUSTNET.COVSTAT_DATASETS = []
+    # ISW: photometric change of the second view: colour jitter (brightness, contrast, saturation,
+    # hue) always applied, then a Gaussian blur with sigma in BLUR_SIGMA_RANGE ([] = no blur).
+    # Official ColorJitter(0.8, 0.8, 0.8, 0.3) + RandomGaussianBlur (sigma 0.15-1.3).
+    cfg.MODEL.ROBUSTNET.COVSTAT_COLOR_JITTER = [0.8, 0.8, 0.8, 0.3]
+    cfg.MODEL.ROBUSTNET.COVSTAT_BLUR_SIGMA_RANGE = [0.15, 1.3]
+
+
 def _add_ablation_config(cfg):
     """The paper's ablation variants (docs/ABLATIONS.md). Every default builds the official model
     unchanged (same modules, same state_dict keys)."""
@@ -271,6 +308,7 @@ def _add_ablation_config(cfg):
     # Bottom-up backbone of the "build_sfnet_fpn_backbone" builder (detectron2's FPN over one of
     # our backbones, for the Semantic-FPN baseline of Table 18; MODEL.FPN.* configure the FPN).
     cfg.MODEL.SFNET.FPN_BOTTOM_UP = "build_deep_stem_resnet_backbone"
+
 
 def _add_mit_config(cfg):
     """SegFormer's Mix Transformer backbones, its all-MLP decoder and the optimizer options their

@@ -29,6 +29,7 @@ from sfnet_d2.config_checks import check_config
 from sfnet_d2.data.train_stream import SkipCollectingLoader
 from sfnet_d2.engine import (SFNetCheckpointer, SkippedSamplesReport, StepSeedHook,
                              install_nonfinite_loss_guard)
+from sfnet_d2.engine.robustnet_mask import ISWMaskHook
 from sfnet_d2.inference import build_inference_model
 from sfnet_d2.modeling.knet import training as knet_training
 from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
@@ -73,6 +74,8 @@ class Trainer(DefaultTrainer):
         if isinstance(loader, SkipCollectingLoader):  # the resumable SFNet training stream
             hooks.insert(0, StepSeedHook(lambda: loader.stream.seed))
             hooks.append(SkippedSamplesReport(loader, self.cfg.OUTPUT_DIR))
+        if self.cfg.MODEL.ROBUSTNET.MODE == "isw":  # RobustNet ISW mask statistics, docs/ROBUSTNET.md
+            hooks.append(ISWMaskHook(self.cfg))
         return hooks
 
     def resume_or_load(self, resume=True):

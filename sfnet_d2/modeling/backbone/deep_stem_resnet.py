@@ -9,6 +9,9 @@ SFSegNets code builds it (network/resnet_d.py + the 'variant D' edit in network/
 * BasicBlock puts the stride on conv1, Bottleneck on its 3x3 conv2 (torchvision style);
 * 'variant D' sets dilation = padding = 2 on every ``conv2`` of res4 and 4 on every ``conv2`` of
   res5 **but keeps their strides**, so the output stride stays 32 (res2..res5 at 1/4..1/32).
+
+Option (off by default, ``MODEL.ROBUSTNET.*``): RobustNet's instance normalisation / whitening at
+the stem's last norm and at the output of a stage's last block (sfnet_d2/modeling/robustnet.py).
 """
 import re
 from typing import Dict, Optional, Sequence, Tuple
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
+
+from ..robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
 
 __all__ = [
     "DeepStemResNet", "build_deep_stem_resnet_backbone", "official_resnet_key_map", "RESNET_DEPTHS"
@@ -39,6 +44,8 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels, channels, stride=1, dilation=1, norm="BN"):
         super().__init__()
+        # RobustNet: set to an InstanceWhitening applied after the residual sum, before the ReLU.
+        self.instance_norm: Optional[nn.Module] = None
         self.conv1 = Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False,
                             norm=get_norm(norm, channels))
         self.conv2 = Conv2d(channels, channels, 3, padding=dilation, dilation=dilation,
@@ -52,6 +59,8 @@ class BasicBlock(nn.Module):
         out = F.relu_(self.conv1(x))
         out = self.conv2(out)
         identity = x if self.shortcut is None else self.shortcut(x)
+        if self.instance_norm is not None:  # not in place: the IN output feeds the whitening loss
+            return F.relu(self.instance_norm(out + identity))
         return F.relu_(out + identity)
 
 
@@ -60,6 +69,7 @@ class BottleneckBlock(nn.Module):
 
     def __init__(self, in_channels, channels, stride=1, dilation=1, norm="BN"):
         super().__init__()
+        self.instance_norm: Optional[nn.Module] = None  # as in BasicBlock
         out_channels = channels * self.expansion
         self.conv1 = Conv2d(in_channels, channels, 1, bias=False, norm=get_norm(norm, channels))
         self.conv2 = Conv2d(channels, channels, 3, stride=stride, padding=dilation,
@@ -76,22 +86,28 @@ class BottleneckBlock(nn.Module):
         out = F.relu_(self.conv2(out))
         out = self.conv3(out)
         identity = x if self.shortcut is None else self.shortcut(x)
+        if self.instance_norm is not None:
+            return F.relu(self.instance_norm(out + identity))
         return F.relu_(out + identity)
 
 
 class DeepStem(nn.Module):
-    def __init__(self, in_channels=3, norm="BN"):
+    def __init__(self, in_channels=3, norm="BN", conv3_norm: Optional[nn.Module] = None):
+        """``conv3_norm``: a module replacing the third conv's norm (RobustNet's ``bn3``)."""
         super().__init__()
         self.conv1 = Conv2d(in_channels, 64, 3, stride=2, padding=1, bias=False,
                             norm=get_norm(norm, 64))
         self.conv2 = Conv2d(64, 64, 3, padding=1, bias=False, norm=get_norm(norm, 64))
-        self.conv3 = Conv2d(64, 128, 3, padding=1, bias=False, norm=get_norm(norm, 128))
+        self.conv3 = Conv2d(64, 128, 3, padding=1, bias=False,
+                            norm=get_norm(norm, 128) if conv3_norm is None else conv3_norm)
+        self._conv3_relu_inplace = conv3_norm is None  # an IN output must stay unchanged
         self.out_channels = 128
 
     def forward(self, x):
         x = F.relu_(self.conv1(x))
         x = F.relu_(self.conv2(x))
-        x = F.relu_(self.conv3(x))
+        x = self.conv3(x)
+        x = F.relu_(x) if self._conv3_relu_inplace else F.relu(x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
@@ -110,7 +126,13 @@ class DeepStemResNet(Backbone):
         norm: str = "BN",
         freeze_at: int = 0,
         in_channels: int = 3,
+        robustnet_mode: str = "none",
+        robustnet_layers: Sequence[str] = (),
+        robustnet_loss_weight: float = 0.6,
     ):
+        """``robustnet_*``: RobustNet's instance normalisation / whitening (mode "none", "is",
+        "in", "iw", "isw") at ``robustnet_layers`` among "stem", "res2".."res5", and the weight
+        of its loss (sfnet_d2/modeling/robustnet.py)."""
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(
@@ -123,7 +145,11 @@ class DeepStemResNet(Backbone):
             )
         kind, blocks = RESNET_DEPTHS[depth]
         block_cls = BasicBlock if kind == "basic" else BottleneckBlock
-        self.stem = DeepStem(in_channels, norm)
+        self.robustnet_mode = robustnet_mode
+        self.robustnet_loss_weight = robustnet_loss_weight
+        whiten = set(robustnet_layers) if robustnet_mode != "none" else set()
+        self.stem = DeepStem(in_channels, norm, InstanceWhitening(128, robustnet_mode)
+                             if "stem" in whiten else None)
         self._out_feature_strides: Dict[str, int] = {}
         self._out_feature_channels: Dict[str, int] = {}
         channels_in = self.stem.out_channels
@@ -135,6 +161,8 @@ class DeepStemResNet(Backbone):
             for b in range(n_blocks):
                 layers.append(block_cls(channels_in, width, stride if b == 0 else 1, dilation, norm))
                 channels_in = width * block_cls.expansion
+            if name in whiten:
+                layers[-1].instance_norm = InstanceWhitening(channels_in, robustnet_mode)
             self.add_module(name, nn.Sequential(*layers))
             stage_names.append(name)
             self._out_feature_strides[name] = 4 * 2 ** i
@@ -166,6 +194,11 @@ class DeepStemResNet(Backbone):
     def forward(self, x) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         if x.dim() != 4:
             raise ValueError(f"DeepStemResNet takes (N, C, H, W) inputs, got shape {tuple(x.shape)}")
+        # In training with RobustNet IW/ISW the dict also holds "loss_whitening".
+        return forward_with_whitening_loss(self, self._forward_stages, x, self.robustnet_mode,
+                                           self.robustnet_loss_weight)
+
+    def _forward_stages(self, x) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         outputs = {}
         x = self.stem(x)
         for name in self._stage_names:
@@ -187,8 +220,11 @@ class DeepStemResNet(Backbone):
 def build_deep_stem_resnet_backbone(cfg, input_shape: ShapeSpec) -> DeepStemResNet:
     """
     Config: ``MODEL.RESNETS.DEPTH`` (18/50/101), ``MODEL.RESNETS.OUT_FEATURES``,
-    ``MODEL.RESNETS.NORM``, ``MODEL.BACKBONE.FREEZE_AT``, ``MODEL.SFNET.RESNET_DILATIONS``.
+    ``MODEL.RESNETS.NORM``, ``MODEL.BACKBONE.FREEZE_AT``, ``MODEL.SFNET.RESNET_DILATIONS``,
+    ``MODEL.ROBUSTNET.*``.
     """
+    mode, layers, loss_weight = robustnet_backbone_options(
+        cfg, ("stem", "res2", "res3", "res4", "res5"))
     return DeepStemResNet(
         depth=cfg.MODEL.RESNETS.DEPTH,
         out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
@@ -196,6 +232,9 @@ def build_deep_stem_resnet_backbone(cfg, input_shape: ShapeSpec) -> DeepStemResN
         norm=cfg.MODEL.RESNETS.NORM,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         in_channels=input_shape.channels,
+        robustnet_mode=mode,
+        robustnet_layers=layers,
+        robustnet_loss_weight=loss_weight,
     )
 
 

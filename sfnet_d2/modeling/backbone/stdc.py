@@ -24,6 +24,10 @@ files use the same ones) to ours.
 One official quirk we do not reproduce: the official CatBottleneck forwards ``norm_layer`` only to
 ``avd``, so with ``--syncbn`` only those norms are synchronised. Here ``MODEL.STDC.NORM`` applies to
 every norm layer; with plain BN (or in a single process) the two are the same network.
+
+Option (off by default, ``MODEL.ROBUSTNET.*``): RobustNet's instance normalisation / whitening in
+place of the stem convs' norms and on the output of a stage's last block
+(sfnet_d2/modeling/robustnet.py).
 """
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -33,6 +37,8 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
+
+from ..robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
 
 __all__ = ["STDC_LAYOUTS", "CatBottleneck", "STDCNet", "build_stdc_backbone",
            "official_stdc_key_map"]
@@ -44,10 +50,12 @@ _STAGE_NAMES = ("res3", "res4", "res5")
 _STEM_CHANNELS = (32, 64)
 
 
-def _conv_x(in_channels, out_channels, kernel_size, stride, norm):
-    """The official ConvX: bias-free conv, 'same' padding for odd kernels, norm, ReLU."""
+def _conv_x(in_channels, out_channels, kernel_size, stride, norm, norm_module=None):
+    """The official ConvX: bias-free conv, 'same' padding for odd kernels, norm, ReLU.
+    ``norm_module`` replaces the norm (RobustNet); the ReLU is not in place."""
     return Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                  padding=kernel_size // 2, bias=False, norm=get_norm(norm, out_channels),
+                  padding=kernel_size // 2, bias=False,
+                  norm=get_norm(norm, out_channels) if norm_module is None else norm_module,
                   activation=F.relu)
 
 
@@ -97,10 +105,10 @@ class CatBottleneck(nn.Module):
 class STDCStem(nn.Module):
     """Two ConvX 3x3 s2 (official features.0 = x2 and features.1 = x4): 64 channels at 1/4."""
 
-    def __init__(self, in_channels: int = 3, norm: str = "BN"):
+    def __init__(self, in_channels: int = 3, norm: str = "BN", conv1_norm=None, conv2_norm=None):
         super().__init__()
-        self.conv1 = _conv_x(in_channels, _STEM_CHANNELS[0], 3, 2, norm)
-        self.conv2 = _conv_x(_STEM_CHANNELS[0], _STEM_CHANNELS[1], 3, 2, norm)
+        self.conv1 = _conv_x(in_channels, _STEM_CHANNELS[0], 3, 2, norm, conv1_norm)
+        self.conv2 = _conv_x(_STEM_CHANNELS[0], _STEM_CHANNELS[1], 3, 2, norm, conv2_norm)
         self.out_channels = _STEM_CHANNELS[1]
 
     def forward(self, x):
@@ -121,7 +129,14 @@ class STDCNet(Backbone):
         norm: str = "BN",
         freeze_at: int = 0,
         in_channels: int = 3,
+        robustnet_mode: str = "none",
+        robustnet_layers: Sequence[str] = (),
+        robustnet_loss_weight: float = 0.6,
     ):
+        """``robustnet_*``: RobustNet's instance normalisation / whitening (mode "none", "is",
+        "in", "iw", "isw") at ``robustnet_layers`` among "stem" (norm of the stride-2 stem conv),
+        "res2" (norm of the stride-4 stem conv), "res3".."res5" (an IN module appended to the
+        stage, on its last block's output), and the weight of its loss."""
         super().__init__()
         if name not in STDC_LAYOUTS:
             raise ValueError(
@@ -129,7 +144,13 @@ class STDCNet(Backbone):
                 f"use one of {sorted(STDC_LAYOUTS)}"
             )
         self.name = name
-        self.stem = STDCStem(in_channels, norm)
+        self.robustnet_mode = robustnet_mode
+        self.robustnet_loss_weight = robustnet_loss_weight
+        whiten = set(robustnet_layers) if robustnet_mode != "none" else set()
+        self.stem = STDCStem(
+            in_channels, norm,
+            InstanceWhitening(_STEM_CHANNELS[0], robustnet_mode) if "stem" in whiten else None,
+            InstanceWhitening(_STEM_CHANNELS[1], robustnet_mode) if "res2" in whiten else None)
         names = ["res2"]
         self._out_feature_channels = {"res2": self.stem.out_channels}
         self._out_feature_strides = {"res2": 4}
@@ -140,6 +161,8 @@ class STDCNet(Backbone):
             for b in range(n_blocks):
                 blocks.append(CatBottleneck(channels, width, 2 if b == 0 else 1, norm))
                 channels = width
+            if stage in whiten:
+                blocks.append(InstanceWhitening(width, robustnet_mode))
             self.add_module(stage, nn.Sequential(*blocks))
             names.append(stage)
             self._out_feature_channels[stage] = width
@@ -187,6 +210,11 @@ class STDCNet(Backbone):
     def forward(self, x) -> Dict[str, torch.Tensor]:
         if x.dim() != 4:
             raise ValueError(f"STDCNet takes (N, C, H, W) inputs, got shape {tuple(x.shape)}")
+        # In training with RobustNet IW/ISW the dict also holds "loss_whitening".
+        return forward_with_whitening_loss(self, self._forward_stages, x, self.robustnet_mode,
+                                           self.robustnet_loss_weight)
+
+    def _forward_stages(self, x) -> Dict[str, torch.Tensor]:
         outputs = {}
         x = self.stem(x)
         if "res2" in self._out_features:
@@ -210,14 +238,19 @@ class STDCNet(Backbone):
 def build_stdc_backbone(cfg, input_shape: ShapeSpec) -> STDCNet:
     """
     Config: ``MODEL.STDC.NAME`` ("STDC1"/"STDC2"), ``MODEL.STDC.OUT_FEATURES``,
-    ``MODEL.STDC.NORM``, ``MODEL.BACKBONE.FREEZE_AT``.
+    ``MODEL.STDC.NORM``, ``MODEL.BACKBONE.FREEZE_AT``, ``MODEL.ROBUSTNET.*``.
     """
+    mode, layers, loss_weight = robustnet_backbone_options(
+        cfg, ("stem", "res2", "res3", "res4", "res5"))
     return STDCNet(
         name=cfg.MODEL.STDC.NAME,
         out_features=cfg.MODEL.STDC.OUT_FEATURES,
         norm=cfg.MODEL.STDC.NORM,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         in_channels=input_shape.channels,
+        robustnet_mode=mode,
+        robustnet_layers=layers,
+        robustnet_loss_weight=loss_weight,
     )
 
 
