@@ -9,6 +9,7 @@ config; sfnet_d2/modeling/knet/weight_transfer.py). docs/PANOPTIC.md.
         --stage1-config configs/coco/panoptic/knet_sfnet_R50.yaml \\
         --stage2-config configs/cityscapes/panoptic/knet_sfnet_R50.yaml --num-gpus 8
     python projects/SFNet/train_panoptic_pipeline.py --demo     # synthetic data, CPU, minutes
+    python projects/SFNet/train_panoptic_pipeline.py --make-demo-data   # only write the demo data
     # users' own COCO-panoptic-format datasets, registered by paths in every process:
     python projects/SFNet/train_panoptic_pipeline.py --stage1-config ... --stage2-config ... \\
         --register my_train IMAGE_DIR PANOPTIC_PNG_DIR PANOPTIC_JSON \\
@@ -43,6 +44,7 @@ DEMO_STAGE1 = os.path.join(ROOT, "configs/demo/knet_sfnet_STDC1_demo_coco.yaml")
 DEMO_STAGE2 = os.path.join(ROOT, "configs/demo/knet_sfnet_STDC1_demo_cityscapes.yaml")
 DONE_FILE = "pipeline_stage_done.json"
 INIT_FILE = "init_from_stage1.pth"
+LOG_FILE = "pipeline_log.txt"  # in the stage-2 OUTPUT_DIR: what the pipeline itself logged
 logger = logging.getLogger("sfnet_d2.pipeline")
 
 
@@ -59,8 +61,12 @@ def _train_stage(registrations, config_file, opts, done_file):
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=True)  # last checkpoint of this stage, else MODEL.WEIGHTS
     trainer.train()
-    results = getattr(trainer, "_last_eval_results", None) or train_net.Trainer.test(
-        cfg, trainer.model)
+    # the final evaluation of detectron2's EvalHook (set on every rank: None except on the main
+    # one); evaluate here only if it did not run, on all ranks alike (evaluation synchronises them)
+    if hasattr(trainer, "_last_eval_results"):
+        results = trainer._last_eval_results
+    else:
+        results = train_net.Trainer.test(cfg, trainer.model)
     if comm.is_main_process():
         payload = json.dumps({"config": config_file, "results": results}, indent=2, default=float)
         atomic_write_bytes(done_file, lambda f: f.write(payload.encode()))
@@ -104,6 +110,12 @@ def _uses_demo_data(*cfgs):
                for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
 
 
+def _make_demo_data():
+    root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    ensure_demo_panoptic(os.path.join(root, DEMO_COCO_PANOPTIC_ROOT_NAME),
+                         os.path.join(root, "sfnet_demo_cityscapes"))
+
+
 def _summary(results):
     pan = (results or {}).get("panoptic_seg", {})
     line = ", ".join(f"{k} {pan[k]:.1f}" for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st") if k in pan)
@@ -112,13 +124,25 @@ def _summary(results):
     return line or "no results"
 
 
-def main():
+def _log_to_file(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in logger.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s]: %(message)s",
+                                               datefmt="%m/%d %H:%M:%S"))
+        logger.addHandler(handler)
+
+
+def main(argv=None):
+    """Run the pipeline (``argv``: the command-line arguments); returns both stages' results."""
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1-config", help="COCO (pre-training) config")
     parser.add_argument("--stage2-config", help="Cityscapes (fine-tuning) config")
     parser.add_argument("--demo", action="store_true",
                         help="the demo configs on the synthetic data (created if missing)")
+    parser.add_argument("--make-demo-data", action="store_true",
+                        help="only create the synthetic panoptic demo data (both formats)")
     parser.add_argument("--stage1-opts", nargs="+", default=[], metavar="KEY VALUE")
     parser.add_argument("--stage2-opts", nargs="+", default=[], metavar="KEY VALUE")
     parser.add_argument("--register", nargs=4, action="append",
@@ -131,7 +155,7 @@ def main():
     parser.add_argument("--run-stage", help=argparse.SUPPRESS)  # internal: child process
     parser.add_argument("--done-file", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE for both stages")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     if args.run_stage:
@@ -139,6 +163,8 @@ def main():
 
     setup_logger(name="sfnet_d2.pipeline")
     setup_logger(name="sfnet_d2")
+    if args.make_demo_data:
+        return _make_demo_data()
     if args.demo:
         args.stage1_config = args.stage1_config or DEMO_STAGE1
         args.stage2_config = args.stage2_config or DEMO_STAGE2
@@ -150,10 +176,10 @@ def main():
     cfg2 = train_net.build_config(args.stage2_config, opts2)
     if os.path.abspath(cfg1.OUTPUT_DIR) == os.path.abspath(cfg2.OUTPUT_DIR):
         parser.error(f"both stages write to OUTPUT_DIR {cfg1.OUTPUT_DIR}: give them different ones")
+    _log_to_file(os.path.join(cfg2.OUTPUT_DIR, LOG_FILE))
+    logger.info(f"Pipeline: {args.stage1_config} -> {args.stage2_config}")
     if _uses_demo_data(cfg1, cfg2):
-        root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-        ensure_demo_panoptic(os.path.join(root, DEMO_COCO_PANOPTIC_ROOT_NAME),
-                             os.path.join(root, "sfnet_demo_cityscapes"))
+        _make_demo_data()
 
     results1 = _run_stage(1, args.stage1_config, opts1, cfg1, args)
     init_file = os.path.join(cfg2.OUTPUT_DIR, INIT_FILE)

@@ -34,7 +34,8 @@ __all__ = ["coco_panoptic_metadata", "load_coco_panoptic_checked",
 
 DEMO_COCO_PANOPTIC_ROOT_NAME = "sfnet_demo_coco_panoptic"
 _DEMO_CITYSCAPES_ROOT_NAME = "sfnet_demo_cityscapes"
-_DEMO_HINT = "Create the demo data with: python projects/SFNet/make_demo_data.py --panoptic"
+_DEMO_HINT = ("Create the demo data with: python projects/SFNet/train_panoptic_pipeline.py "
+              "--make-demo-data")
 _COCO_LAYOUT = (
     "expected IMAGE_ROOT/<images listed in the JSON>, PANOPTIC_ROOT/<annotation file_name>.png "
     "(segment id = R + 256 G + 256^2 B) and PANOPTIC_JSON with 'images', 'annotations' "

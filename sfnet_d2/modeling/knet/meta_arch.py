@@ -206,7 +206,10 @@ class SFNetKNet(nn.Module):
             # K-Net: sigmoid, then bilinear to the padded input, crop, bilinear to the original size
             probs = F.interpolate(mask_logits[i:i + 1].sigmoid(), size=images.tensor.shape[-2:],
                                   mode="bilinear", align_corners=False)[0]
-            probs = sem_seg_postprocess(probs, (h, w), out_h, out_w)
+            if (out_h, out_w) == (h, w):
+                probs = probs[:, :h, :w]  # the resize would be the identity: skip its cost
+            else:
+                probs = sem_seg_postprocess(probs, (h, w), out_h, out_w)
             results.append(self.panoptic_from_kernels(cls_logits[i], probs))
         return results
 
