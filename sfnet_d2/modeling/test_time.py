@@ -158,6 +158,10 @@ class SemanticSegmentorWithTTA(nn.Module):
         self.slide_overlap = float(slide_overlap)
         self.slide_crop_grows_with_scale = bool(slide_crop_grows_with_scale)
         self.slide_batch_size = int(slide_batch_size)
+        # Mirror the wrapped model's mode: detectron2's inference_context restores the wrapper's
+        # mode after evaluating, which must not switch an inference-only model (the optimised
+        # --eval-only model refuses train(True)) to training.
+        self.train(model.training)
         logging.getLogger(__name__).info(f"Inference protocol: {self.describe()}")
 
     @classmethod
