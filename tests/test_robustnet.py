@@ -282,6 +282,12 @@ def test_config_errors_name_the_key():
     build_model(make_cfg("configs/ade20k/semantic/semantic_fpn_R50.yaml",
                          ["MODEL.ROBUSTNET.MODE", "in", "MODEL.RESNETS.DEPTH", 18,
                           "MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"]]))
+    # a backbone without the option: train_net's Trainer.build_model refuses instead of ignoring it
+    from test_all_configs import train_net
+
+    cfg = make_cfg("configs/cityscapes/semantic/sfnet_DF1.yaml", ["MODEL.ROBUSTNET.MODE", "is"])
+    with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME=build_dfnet_backbone has no such"):
+        train_net.Trainer.build_model(cfg)
 
 
 def test_checkpoints_imagenet_weights_load_and_masks_round_trip(tmp_path):

@@ -32,6 +32,7 @@ from sfnet_d2.engine import (SFNetCheckpointer, SkippedSamplesReport, StepSeedHo
 from sfnet_d2.engine.robustnet_mask import ISWMaskHook
 from sfnet_d2.inference import build_inference_model
 from sfnet_d2.modeling.knet import training as knet_training
+from sfnet_d2.modeling.robustnet import check_robustnet_applied
 from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
 from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
 from sfnet_d2.solver.optimizer import build_sfnet_optimizer, uses_sfnet_optimizer
@@ -59,8 +60,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        check_robustnet_applied(cfg, model)  # MODEL.ROBUSTNET on a backbone without the option
         # A NaN/inf loss term stops training before the optimizer step, naming the term.
-        return install_nonfinite_loss_guard(super().build_model(cfg))
+        return install_nonfinite_loss_guard(model)
 
     def build_hooks(self):
         # Atomic checkpoint writes, weights_only reads, no silent partial loads (sfnet_d2.engine).

@@ -54,6 +54,7 @@ __all__ = [
     "instance_covariance", "strict_upper_mask", "whitening_loss", "covariance_pair_variance",
     "kmeans_1d", "select_sensitive_covariances", "whitening_modules", "record_whitened_features",
     "robustnet_whitening_loss", "forward_with_whitening_loss", "robustnet_backbone_options",
+    "check_robustnet_applied",
 ]
 
 logger = logging.getLogger(__name__)
@@ -321,3 +322,14 @@ def robustnet_backbone_options(cfg, positions: Sequence[str]) -> Tuple[str, Tupl
                 f"{_BUILDERS_WITH_OPTIONS}; this config has {', '.join(problems)}. Use MODE 'is' or "
                 "'in' (no loss) with it, or one of those heads")
     return mode, layers, float(node.LOSS_WEIGHT)
+
+
+def check_robustnet_applied(cfg, model: nn.Module) -> None:
+    """Raise if ``MODEL.ROBUSTNET.MODE`` asks for whitening but the built model has no
+    ``InstanceWhitening`` (a backbone without the option, e.g. DFNet or MiT)."""
+    mode = cfg.MODEL.ROBUSTNET.MODE
+    if mode != "none" and not whitening_modules(model):
+        raise ValueError(
+            f"MODEL.ROBUSTNET.MODE={mode!r} but the model has no RobustNet layer: "
+            f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME} has no such option (only "
+            f"{_BUILDERS_WITH_OPTIONS} have); set MODEL.ROBUSTNET.MODE 'none'")
