@@ -399,3 +399,17 @@ def test_table17_configs_test_on_three_datasets_and_match_results_md():
         assert rows.get(path) == {bdd, idd}, path
     isw_aligns = {os.path.basename(p): _cfg(p).MODEL.SFNET.ALIGN for p in CONFIGS}
     assert isw_aligns["isw_fpn_ppm_R18.yaml"] == isw_aligns["isw_fpn_ppm_STDC2.yaml"] == "bilinear"
+
+
+def test_optimised_inference_of_an_isw_model_equals_the_eager_model():
+    from sfnet_d2.inference import optimize_model
+
+    torch.manual_seed(0)
+    model = build_model(make_cfg(f"{CONFIG_DIR}/isw_sfnet_lite_R18.yaml")).eval()
+    for m in whitening_modules(model):
+        m.set_sensitive_mask(torch.ones(m.channels, m.channels, dtype=torch.bool))
+    batch = [{"image": torch.randint(0, 255, (3, 96, 160), dtype=torch.uint8)}]
+    with torch.no_grad():
+        eager = model(batch)[0]["sem_seg"]
+        optimised = optimize_model(model)(batch)[0]["sem_seg"]  # BN folded, IN kept, traced
+    assert torch.allclose(optimised, eager, atol=1e-4)
