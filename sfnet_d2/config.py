@@ -85,7 +85,9 @@ def add_sfnet_config(cfg):
     cfg.INPUT.SFNET.VALIDATE_LABELS = True
     # Evaluator: "auto" = CityscapesSemSegEvaluator (cityscapesscripts' official IoU/iIoU) for
     # datasets whose metadata says evaluator_type "cityscapes_sem_seg", else SemSegEvaluator
-    # (mIoU, fwIoU, per-class IoU/accuracy); "sem_seg" or "cityscapes" force one.
+    # (mIoU, fwIoU, per-class IoU/accuracy); "sem_seg" or "cityscapes" force one; "submission"
+    # writes Cityscapes test-server PNGs (label ids) to OUTPUT_DIR/submission/DATASET/ instead
+    # (sfnet_d2/evaluation/cityscapes_submission.py).
     cfg.TEST.SFNET_EVALUATOR = "auto"
 
     # Inference protocol of evaluations (Trainer.test: --eval-only and in-training evals),

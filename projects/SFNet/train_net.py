@@ -30,6 +30,7 @@ from sfnet_d2.data.train_stream import SkipCollectingLoader
 from sfnet_d2.engine import (SFNetCheckpointer, SkippedSamplesReport, StepSeedHook,
                              install_nonfinite_loss_guard)
 from sfnet_d2.engine.robustnet_mask import ISWMaskHook
+from sfnet_d2.evaluation import CityscapesSubmissionWriter
 from sfnet_d2.inference import build_inference_model
 from sfnet_d2.modeling.knet import training as knet_training
 from sfnet_d2.modeling.robustnet import check_robustnet_applied
@@ -49,13 +50,17 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
         choice = cfg.TEST.SFNET_EVALUATOR
+        if choice == "submission":  # Cityscapes test-server PNGs (label ids), no metric
+            return CityscapesSubmissionWriter(
+                dataset_name, os.path.join(cfg.OUTPUT_DIR, "submission", dataset_name))
         if choice == "cityscapes" or (choice == "auto" and evaluator_type == "cityscapes_sem_seg"):
             # cityscapesscripts' official metric (class IoU and iIoU); single machine only.
             return CityscapesSemSegEvaluator(dataset_name)
         if choice in ("sem_seg", "auto"):
             return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
         raise ValueError(
-            f"TEST.SFNET_EVALUATOR={choice!r} is not one of 'auto', 'sem_seg', 'cityscapes'"
+            f"TEST.SFNET_EVALUATOR={choice!r} is not one of 'auto', 'sem_seg', 'cityscapes', "
+            "'submission'"
         )
 
     @classmethod
