@@ -94,9 +94,13 @@ def load_coco_panoptic_checked(json_file: str, image_root: str, panoptic_root: s
                     f"({sorted(list(thing_map) + list(stuff_map))})"
                 )
             segments.append(dict(seg, category_id=contiguous, isthing=isthing))
-        records.append({"file_name": image_file, "image_id": image_id,
-                        "pan_seg_file_name": os.path.join(panoptic_root, ann["file_name"]),
-                        "segments_info": segments})
+        record = {"file_name": image_file, "image_id": image_id,
+                  "pan_seg_file_name": os.path.join(panoptic_root, ann["file_name"]),
+                  "segments_info": segments}
+        info = images.get(image_id, {})
+        if "height" in info and "width" in info:  # the mapper checks the image against them
+            record.update(height=info["height"], width=info["width"])
+        records.append(record)
     if not records:
         raise FileNotFoundError(f"{where}{json_file} lists no annotations; {_COCO_LAYOUT}. {hint}")
     for key, kind in (("file_name", "image"), ("pan_seg_file_name", "panoptic PNG")):
