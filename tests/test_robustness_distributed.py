@@ -119,3 +119,26 @@ def test_two_process_evaluation_equals_one_process(one_and_two_process_runs, dem
     r1 = _results(_run(demo_root, tmp_path / "e1", 1, *opts))
     r2 = _results(_run(demo_root, tmp_path / "e2", 2, *opts))
     assert r1 == r2 and len(r1) >= 2
+
+
+def test_two_process_panoptic_evaluation_equals_one_process(tmp_path):
+    """PQ / SQ / RQ (all, things, stuff) of COCOPanopticEvaluator over 2 processes equal 1
+    process exactly, for a non-trivial prediction (tests/dist_panoptic_oracle.py)."""
+    import json
+
+    from sfnet_d2.data import ensure_demo_panoptic
+
+    root = tmp_path / "datasets"
+    ensure_demo_panoptic(str(root / "sfnet_demo_coco_panoptic"), str(root / "sfnet_demo_cityscapes"),
+                         num_train=2, num_val=6, height=64, width=128)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
+    results = []
+    for n in (1, 2):
+        out = tmp_path / f"pq{n}.json"
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "dist_panoptic_oracle.py"),
+                               str(n), str(out)], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(out.read_text())["panoptic_seg"])
+    assert results[0] == results[1]
+    assert 0 < results[0]["PQ"] < 100 and results[0]["PQ_th"] > 0 and results[0]["PQ_st"] > 0
