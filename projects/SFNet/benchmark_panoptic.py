@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """
-Parameters, GFLOPs and CPU latency of K-Net panoptic configs, each beside the semantic SFNet model on
-the same backbone (docs/PANOPTIC.md).
+Parameters, GFLOPs and CPU latency of K-Net panoptic configs, each beside the semantic SFNet model
+on the same backbone (docs/PANOPTIC.md).
 
-    python projects/SFNet/benchmark_panoptic.py                      # the 4 Cityscapes panoptic configs
+    python projects/SFNet/benchmark_panoptic.py          # the 4 Cityscapes panoptic configs
+    python projects/SFNet/benchmark_panoptic.py --threads 1 --cpu-time     # as in docs/PANOPTIC.md
     python projects/SFNet/benchmark_panoptic.py --panoptic configs/coco/panoptic/knet_sfnet_R18.yaml \\
         --semantic configs/cityscapes/semantic/sfnet_R18.yaml --input-size 1024 2048 --runs 3
 
-FLOPs: fvcore, one multiply-add = one FLOP (as analyze_model.py and the paper count), of the network
-(normalised padded image -> last stage's class logits and masks); the panoptic post-processing has no
+FLOPs: fvcore, one multiply-add = one FLOP (as analyze_model.py and the paper count), of the
+network (normalised padded image -> last stage's class logits and masks); the post-processing has no
 multiply-adds of note and is not counted. Latency: wall time of ``model([{"image", "height",
 "width"}])`` in eval mode, i.e. normalisation, padding, network AND post-processing (mask upsampling,
 panoptic merge; K-Net's semantic output off unless --semantic-output) for K-Net, logits upsampled
@@ -96,14 +97,15 @@ def latency(model, height, width, runs, clock=time.perf_counter):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--panoptic", nargs="+", help="K-Net configs (default: the 4 Cityscapes ones)")
+    parser.add_argument("--panoptic", nargs="+",
+                        help="K-Net configs (default: the 4 Cityscapes ones)")
     parser.add_argument("--semantic", nargs="+", help="semantic config of each, same backbone")
     parser.add_argument("--input-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
     parser.add_argument("--runs", type=int, default=3, help="timed runs per model (0: no latency)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--cpu-time", action="store_true",
-                        help="time with the process's CPU time instead of wall time: with --threads 1 "
-                             "it is the single-core latency even on a busy machine")
+                        help="time with the process's CPU time instead of wall time: with "
+                             "--threads 1 it is the single-core latency even on a busy machine")
     parser.add_argument("--semantic-output", action="store_true",
                         help="keep MODEL.KNET.TEST.SEMANTIC_ON of the configs (default: off, the "
                              "paper times the panoptic output only)")
@@ -115,7 +117,8 @@ def main():
     if semantic and len(semantic) != len(panoptic):
         parser.error("give one --semantic config per --panoptic config")
     h, w = args.input_size
-    print(f"input {h}x{w}, {args.threads} CPU thread(s), {'CPU' if args.cpu_time else 'wall'} time, "
+    clock_name = "CPU" if args.cpu_time else "wall"
+    print(f"input {h}x{w}, {args.threads} CPU thread(s), {clock_name} time, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| config | params | GFLOPs | CPU latency (s), network + post-processing | "
           "semantic config | params | GFLOPs | CPU latency (s), network + post-processing |")

@@ -77,7 +77,8 @@ class KNetClassLayout:
         return lut[contiguous.long()]
 
     def to_contiguous(self, internal: torch.Tensor) -> torch.Tensor:
-        lut = torch.as_tensor(self.internal_to_contiguous, dtype=torch.int64, device=internal.device)
+        lut = torch.as_tensor(self.internal_to_contiguous, dtype=torch.int64,
+                              device=internal.device)
         return lut[internal.long()]
 
     def internal_class_names(self) -> List[str]:

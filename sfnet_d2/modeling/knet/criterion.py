@@ -33,7 +33,8 @@ from .matcher import MaskHungarianMatcher
 __all__ = ["KNetCriterion", "prepare_targets"]
 
 
-def prepare_targets(instances_per_image, layout, padded_hw, target_hw) -> List[Dict[str, torch.Tensor]]:
+def prepare_targets(instances_per_image, layout, padded_hw,
+                    target_hw) -> List[Dict[str, torch.Tensor]]:
     """
     Args:
         instances_per_image: detectron2 ``Instances`` per image with ``gt_classes`` (contiguous ids)

@@ -77,7 +77,8 @@ def panoptic_merge(scores: torch.Tensor, labels: torch.Tensor, mask_probs: torch
 
 def semantic_from_kernels(scores: torch.Tensor, labels: torch.Tensor, mask_probs: torch.Tensor,
                           num_classes: int) -> torch.Tensor:
-    """(C, H, W) semantic scores: per class, the max of score * mask over its kernels (0 if none)."""
+    """(C, H, W) semantic scores: per class, the max of score * mask over its kernels (0 if
+    none)."""
     weighted = scores[:, None, None] * mask_probs
     sem = weighted.new_zeros((num_classes,) + tuple(mask_probs.shape[1:]))
     for label in torch.unique(labels).tolist():

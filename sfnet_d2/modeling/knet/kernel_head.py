@@ -58,7 +58,8 @@ class KernelFeatureBranches(nn.Module):
                 f"MODEL.KNET.FEAT_CHANNELS={channels} must be even for the sine positional encoding"
             )
         self.input_conv = _conv_module(in_channels, channels, 3, norm, downsample_stride)
-        self.position_encoding = SinePositionalEncoding(channels // 2) if positional_encoding else None
+        self.position_encoding = (SinePositionalEncoding(channels // 2) if positional_encoding
+                                  else None)
         self.conv_pred = _conv_module(channels, channels, 1, norm)   # -> localisation branch
         self.aux_conv = _conv_module(channels, channels, 1, norm)    # -> semantic branch
         self.loc_conv = _conv_module(channels, channels, 1, norm)

@@ -12,9 +12,9 @@ One K-Net kernel-update stage (official ``KernelUpdateHead`` + ``KernelUpdator``
 5. heads: class logits ``fc_cls(ReLU(LN(Linear(K))))`` (sigmoid classifier, no background logit)
    and mask kernels ``fc_mask(ReLU(LN(Linear(K))))`` convolved (1x1) with ``x``.
 
-Initialisation as ``KernelUpdateHead.init_weights``: xavier-uniform on every parameter with more than
-one dimension (attention projections, linears, feat_transform), LayerNorm defaults, ``fc_cls`` bias
-``-log(99)``.
+Initialisation as ``KernelUpdateHead.init_weights``: xavier-uniform on every parameter with more
+than one dimension (attention projections, linears, feat_transform), LayerNorm defaults,
+``fc_cls`` bias ``-log(99)``.
 """
 import math
 

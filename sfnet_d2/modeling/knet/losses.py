@@ -8,9 +8,9 @@ The loss functions of K-Net, as mmdet 2.x computes them (../shared/reference/kne
 * ``mask_bce_loss``: ``CrossEntropyLoss(use_sigmoid=True)``: per-pixel BCE with logits, mean.
 * ``dice_loss``: mmdet ``DiceLoss``: ``1 - 2 sum(p t) / ((sum p^2 + eps) + (sum t^2 + eps))`` per
   mask, eps 1e-3, mean over masks (squared denominators, unlike Mask2Former's dice).
-* ``rank_loss``: softmax cross-entropy across the kernels at every pixel, ignore index 255, mean over
-  ALL pixels (ignored ones count as zeros: mmdet < 2.22 ``CrossEntropyLoss`` with ``ignore_index``
-  has no ``avg_non_ignore`` and divides by the element count).
+* ``rank_loss``: softmax cross-entropy across the kernels at every pixel, ignore index 255, mean
+  over ALL pixels (ignored ones count as zeros: mmdet < 2.22 ``CrossEntropyLoss`` with
+  ``ignore_index`` has no ``avg_non_ignore`` and divides by the element count).
 """
 import torch
 import torch.nn.functional as F

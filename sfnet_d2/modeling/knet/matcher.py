@@ -1,6 +1,6 @@
 """
-K-Net's ``MaskHungarianAssigner`` (../shared/reference/knet.md section 3.4): one-to-one assignment of
-thing kernels to ground-truth thing masks minimising
+K-Net's ``MaskHungarianAssigner`` (../shared/reference/knet.md section 3.4): one-to-one assignment
+of thing kernels to ground-truth thing masks minimising
 
     cls_cost  * FocalLossCost(cls logits, gt labels)    (only when class logits are given)
   + dice_cost * DiceCost(mask logits, gt masks)

@@ -214,7 +214,8 @@ class SFNetKNet(nn.Module):
         return results
 
     def panoptic_from_kernels(self, cls_logits: torch.Tensor, mask_probs: torch.Tensor) -> Dict:
-        """One image's (K, C) class logits and (K, H, W) mask probabilities -> detectron2 outputs."""
+        """One image's (K, C) class logits and (K, H, W) mask probabilities -> detectron2's
+        outputs."""
         scores, labels = kernel_scores_and_labels(cls_logits, self.num_proposals,
                                                   self.layout.num_thing_classes)
         pan, segments = panoptic_merge(scores, labels, mask_probs, self.layout.num_thing_classes,

@@ -7,8 +7,8 @@ loaders with the panoptic mapper, the evaluators, and K-Net's optimizer
   parameter under ``backbone.`` multiplied by SOLVER.KNET.BACKBONE_MULTIPLIER (mmcv
   ``custom_keys={'backbone': lr_mult 0.25}``: the SFNet neck is not under "backbone" and keeps the
   base rate); norm parameters use SOLVER.WEIGHT_DECAY_NORM, biases SOLVER.WEIGHT_DECAY_BIAS;
-* gradient clipping of the whole model's norm (mmcv ``grad_clip=dict(max_norm=1, norm_type=2)``) with
-  SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"; "value" / "norm" are detectron2's per-parameter
+* gradient clipping of the whole model's norm (mmcv ``grad_clip=dict(max_norm=1, norm_type=2)``)
+  with SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"; "value" / "norm" are detectron2's per-parameter
   clipping.
 * evaluators: detectron2's ``COCOPanopticEvaluator`` (PQ, SQ, RQ; all, things, stuff) for datasets
   whose evaluator_type is coco_panoptic_seg or cityscapes_panoptic_seg, plus ``SemSegEvaluator``
@@ -88,7 +88,8 @@ def build_knet_optimizer(cfg, model) -> torch.optim.Optimizer:
         raise ValueError(f"SOLVER.KNET.OPTIMIZER={s.KNET.OPTIMIZER!r} is not 'ADAMW' or 'SGD'")
     clip = s.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-        optimizer_class = _with_full_model_clipping(optimizer_class, clip.CLIP_VALUE, clip.NORM_TYPE)
+        optimizer_class = _with_full_model_clipping(optimizer_class, clip.CLIP_VALUE,
+                                                    clip.NORM_TYPE)
         return optimizer_class(_param_groups(cfg, model), lr=s.BASE_LR, **kwargs)
     optimizer = optimizer_class(_param_groups(cfg, model), lr=s.BASE_LR, **kwargs)
     return maybe_add_gradient_clipping(cfg, optimizer)

@@ -28,13 +28,15 @@ __all__ = ["CLASS_DEPENDENT_PATTERN", "transfer_knet_weights", "match_classes_by
 
 logger = logging.getLogger(__name__)
 
-CLASS_DEPENDENT_PATTERN = re.compile(r"^(kernel_head\.conv_seg|stages\.\d+\.fc_cls)\.(weight|bias)$")
+CLASS_DEPENDENT_PATTERN = re.compile(
+    r"^(kernel_head\.conv_seg|stages\.\d+\.fc_cls)\.(weight|bias)$")
 MODES = ("copy_matching", "reinit")
 
 
 def match_classes_by_name(source: KNetClassLayout, target: KNetClassLayout
                           ) -> List[Tuple[int, int, str]]:
-    """(target internal index, source internal index, name) for classes of the same name and kind."""
+    """(target internal index, source internal index, name) of the classes with the same name
+    and kind (thing / stuff)."""
     src_names = [n.lower() for n in source.internal_class_names()]
     pairs = []
     for t_idx, name in enumerate(target.internal_class_names()):
@@ -88,8 +90,8 @@ def transfer_knet_weights(source_state: Dict[str, torch.Tensor],
         if CLASS_DEPENDENT_PATTERN.match(name):
             if t_value.shape[0] != target.num_classes or s_value.shape[0] != source.num_classes:
                 raise ValueError(
-                    f"{name}: {tuple(s_value.shape)} -> {tuple(t_value.shape)} does not have one row "
-                    f"per class ({source.num_classes} -> {target.num_classes})"
+                    f"{name}: {tuple(s_value.shape)} -> {tuple(t_value.shape)} does not have one "
+                    f"row per class ({source.num_classes} -> {target.num_classes})"
                 )
             if s_value.shape[1:] != t_value.shape[1:]:
                 raise ValueError(f"{name}: row shapes differ, {tuple(s_value.shape)} vs "
