@@ -96,7 +96,10 @@ def test_panoptic_config_gives_a_panoptic_overlay_at_the_input_size(images, tmp_
     # the picture stays at the input's size
     config = os.path.join(ROOT, "configs", "demo", "knet_sfnet_STDC1_demo_coco.yaml")
     image = sorted(images.glob("*.png"))[0]
-    (out,) = demo.main(["--config-file", config, "--input", str(image), "--output", str(tmp_path)])
+    # an untrained model scores low: keep every kernel and mask so that segments are drawn
+    (out,) = demo.main(["--config-file", config, "--input", str(image), "--output", str(tmp_path),
+                        "--opts", "MODEL.KNET.TEST.INSTANCE_SCORE_THR", "0.0",
+                        "MODEL.KNET.TEST.OVERLAP_THR", "0.0", "MODEL.KNET.TEST.MASK_THR", "0.0"])
     picture = np.asarray(Image.open(out))
     assert picture.shape == (H, 2 * W + 4, 3)
     source = np.asarray(Image.open(image))
