@@ -68,9 +68,65 @@ def _lateral(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
 
 
 class _SFNetNeck(nn.Module):
-    """What both decoders share: config reading, the output shape and ``forward``."""
+    """
+    What both decoders share: the constructor arguments and their config reading, the context
+    module on the coarsest level, the output shape and ``forward``. A decoder says which input
+    levels it accepts (``_check_levels``) and builds its top-down part (``_build_top_down``).
+    """
 
     DEFAULT_ALIGN = "fam"  # MODEL.SFNET.ALIGN = "" means this decoder's own alignment
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        in_features: List[str],
+        conv_dim: int,
+        norm: str = "BN",
+        ppm_bins=(1, 2, 3, 6),
+        flow_kernel_size: int = 3,
+        warp_align_corners: bool = True,
+        align: str = "",
+        align_levels=("all",),
+        context: str = "ppm",
+        aspp_dilations=(6, 12, 18),
+        fam_upsample: str = "bilinear",
+        gdfam_gate: str = "atten",
+        gdfam_dual_flow: bool = True,
+    ):
+        """
+        NOTE: this interface is experimental.
+
+        Args:
+            input_shape: backbone output shapes.
+            in_features: backbone levels to use; the coarsest feeds the context module (PPM).
+                How many each decoder takes is in its class docstring.
+            conv_dim: decoder width D (128 for SFNet-R18, 256 for R50/R101, 64 for STDC/DFNet).
+            norm: normalisation of every decoder conv (detectron2 ``get_norm`` name).
+            ppm_bins: PPM pooling sizes.
+            flow_kernel_size: kernel of the flow-predicting conv in each FAM.
+            warp_align_corners: ``align_corners`` of the flow warp (True at official HEAD).
+            align, align_levels: alignment of the top-down steps (alignment.py; ablations);
+                ``align=""`` means the decoder's own (``DEFAULT_ALIGN``: "fam" for
+                SFNetDecoder, "gdfam" for SFNetLiteDecoder).
+            context, aspp_dilations: module on the coarsest level (context.py; ablations).
+            fam_upsample, gdfam_gate, gdfam_dual_flow: FAM / GD-FAM internals (ablations).
+        """
+        super().__init__()
+        levels = _select_inputs(input_shape, in_features)
+        self._check_levels(levels, in_features)
+        self.in_features = [name for name, _ in levels]
+        # The context module is registered first, then the top-down modules: the official order.
+        self._build_context(context, levels[-1][1].channels, conv_dim, norm, ppm_bins,
+                            aspp_dilations)
+        align_options = dict(
+            flow_kernel_size=flow_kernel_size, warp_align_corners=warp_align_corners,
+            fam_upsample=fam_upsample, gdfam_gate=gdfam_gate, gdfam_dual_flow=gdfam_dual_flow,
+        )
+        self._build_top_down(levels, conv_dim, norm, align or self.DEFAULT_ALIGN, align_levels,
+                             align_options)
+        self.conv_dim = conv_dim
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -91,6 +147,15 @@ class _SFNetNeck(nn.Module):
             "gdfam_gate": sf.GDFAM_GATE,
             "gdfam_dual_flow": sf.GDFAM_DUAL_FLOW,
         }
+
+    def _check_levels(self, levels, in_features):
+        """Raise ValueError when this decoder cannot use the selected input levels."""
+        raise NotImplementedError
+
+    def _build_top_down(self, levels, conv_dim, norm, align, align_levels, align_options):
+        """Build the lateral / alignment / output modules; set ``num_dsn_inputs``,
+        ``_out_channels`` and ``_out_stride``. ``align_options`` go to build_align_module."""
+        raise NotImplementedError
 
     def _build_context(self, kind, in_channels, conv_dim, norm, ppm_bins, aspp_dilations):
         # Registered under a name that says what it is (ppm / aspp / top_lateral): the default
@@ -114,49 +179,20 @@ class _SFNetNeck(nn.Module):
 
 @SFNET_NECK_REGISTRY.register()
 class SFNetDecoder(_SFNetNeck):
-    @configurable
-    def __init__(
-        self,
-        input_shape: Dict[str, ShapeSpec],
-        *,
-        in_features: List[str],
-        conv_dim: int,
-        norm: str = "BN",
-        ppm_bins=(1, 2, 3, 6),
-        flow_kernel_size: int = 3,
-        warp_align_corners: bool = True,
-        align: str = "fam",
-        align_levels=("all",),
-        context: str = "ppm",
-        aspp_dilations=(6, 12, 18),
-        fam_upsample: str = "bilinear",
-        gdfam_gate: str = "atten",
-        gdfam_dual_flow: bool = True,
-    ):
-        """
-        NOTE: this interface is experimental.
+    """
+    The aligned FPN of SFNet (official ``UperNetAlignHead`` without its classifier). Takes at
+    least 2 input levels; the coarsest feeds the PPM. Constructor arguments: see
+    :class:`_SFNetNeck`.
+    """
 
-        Args:
-            input_shape: backbone output shapes.
-            in_features: backbone levels to use (at least 2); the coarsest feeds the PPM.
-            conv_dim: decoder width D (128 for SFNet-R18, 256 for R50/R101, 64 for STDC/DFNet).
-            norm: normalisation of every decoder conv (detectron2 ``get_norm`` name).
-            ppm_bins: PPM pooling sizes.
-            flow_kernel_size: kernel of the flow-predicting conv in each FAM.
-            warp_align_corners: ``align_corners`` of the flow warp (True at official HEAD).
-            align, align_levels: alignment of the top-down steps (alignment.py; ablations).
-            context, aspp_dilations: module on the coarsest level (context.py; ablations).
-            fam_upsample, gdfam_gate, gdfam_dual_flow: FAM / GD-FAM internals (ablations).
-        """
-        super().__init__()
-        levels = _select_inputs(input_shape, in_features)
+    def _check_levels(self, levels, in_features):
         if len(levels) < 2:
             raise ValueError(
                 f"SFNetDecoder needs at least 2 input levels, got IN_FEATURES={list(in_features)}"
             )
-        self.in_features = [name for name, _ in levels]
-        fine_levels, (_, coarsest) = levels[:-1], levels[-1]
-        self._build_context(context, coarsest.channels, conv_dim, norm, ppm_bins, aspp_dilations)
+
+    def _build_top_down(self, levels, conv_dim, norm, align, align_levels, align_options):
+        fine_levels = levels[:-1]
         # index i follows in_features order (fine to coarse), as the official fpn_in/fpn_out
         self.lateral_convs = nn.ModuleList(_lateral(s.channels, conv_dim, norm) for _, s in fine_levels)
         # Step i merges level i+1 (coarse) into level i; it is named by its coarse level.
@@ -166,8 +202,7 @@ class SFNetDecoder(_SFNetNeck):
         modules = [
             build_align_module(
                 kind, conv_dim, scale_factor=levels[i + 1][1].stride // levels[i][1].stride,
-                flow_kernel_size=flow_kernel_size, warp_align_corners=warp_align_corners,
-                fam_upsample=fam_upsample, gdfam_gate=gdfam_gate, gdfam_dual_flow=gdfam_dual_flow,
+                **align_options,
             )
             for i, kind in enumerate(self.align_kinds)
         ]
@@ -178,7 +213,6 @@ class SFNetDecoder(_SFNetNeck):
                    activation=F.relu)
             for _ in fine_levels
         )
-        self.conv_dim = conv_dim
         self.num_dsn_inputs = len(fine_levels)
         self._out_channels = conv_dim * len(levels)
         self._out_stride = levels[0][1].stride
@@ -211,46 +245,24 @@ class SFNetDecoder(_SFNetNeck):
 
 @SFNET_NECK_REGISTRY.register()
 class SFNetLiteDecoder(_SFNetNeck):
+    """
+    The SFNet-Lite decoder (official ``UperNetAlignHeadV2``). ``in_features`` must be exactly 3
+    backbone levels, fine to coarse: the finest (1/4) goes through the GD-FAM, the middle one
+    (1/16 in the paper) is concatenated, the coarsest (1/32) feeds the PPM. Official R18-Lite:
+    ["res2", "res4", "res5"]. Constructor arguments: see :class:`_SFNetNeck`.
+    """
+
     DEFAULT_ALIGN = "gdfam"
 
-    @configurable
-    def __init__(
-        self,
-        input_shape: Dict[str, ShapeSpec],
-        *,
-        in_features: List[str],
-        conv_dim: int,
-        norm: str = "BN",
-        ppm_bins=(1, 2, 3, 6),
-        flow_kernel_size: int = 3,
-        warp_align_corners: bool = True,
-        align: str = "gdfam",
-        align_levels=("all",),
-        context: str = "ppm",
-        aspp_dilations=(6, 12, 18),
-        fam_upsample: str = "bilinear",
-        gdfam_gate: str = "atten",
-        gdfam_dual_flow: bool = True,
-    ):
-        """
-        NOTE: this interface is experimental.
-
-        Args:
-            in_features: exactly 3 backbone levels, fine to coarse: the finest (1/4) goes through
-                the GD-FAM, the middle one (1/16 in the paper) is concatenated, the coarsest
-                (1/32) feeds the PPM. Official R18-Lite: ["res2", "res4", "res5"].
-            Others as in :class:`SFNetDecoder`.
-        """
-        super().__init__()
-        levels = _select_inputs(input_shape, in_features)
+    def _check_levels(self, levels, in_features):
         if len(levels) != 3:
             raise ValueError(
                 "SFNetLiteDecoder takes exactly 3 levels (finest, middle, coarsest), got "
                 f"MODEL.SEM_SEG_HEAD.IN_FEATURES={list(in_features)}"
             )
-        self.in_features = [name for name, _ in levels]
+
+    def _build_top_down(self, levels, conv_dim, norm, align, align_levels, align_options):
         (_, fine), (_, mid), (_, coarse) = levels
-        self._build_context(context, coarse.channels, conv_dim, norm, ppm_bins, aspp_dilations)
         self.lateral_convs = nn.ModuleList(
             [_lateral(fine.channels, conv_dim, norm), _lateral(mid.channels, conv_dim, norm)]
         )
@@ -258,11 +270,8 @@ class SFNetLiteDecoder(_SFNetNeck):
         selected = selected_align_levels(align_levels, self.in_features[2:])
         self.align_kind = align if self.in_features[2] in selected else "bilinear"
         self.align_module = build_align_module(
-            self.align_kind, conv_dim, scale_factor=coarse.stride // fine.stride,
-            flow_kernel_size=flow_kernel_size, warp_align_corners=warp_align_corners,
-            fam_upsample=fam_upsample, gdfam_gate=gdfam_gate, gdfam_dual_flow=gdfam_dual_flow,
+            self.align_kind, conv_dim, scale_factor=coarse.stride // fine.stride, **align_options
         )
-        self.conv_dim = conv_dim
         self.num_dsn_inputs = 1
         self._out_channels = 2 * conv_dim
         self._out_stride = fine.stride
