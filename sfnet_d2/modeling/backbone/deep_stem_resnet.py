@@ -22,6 +22,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from ..robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
+from .stages import run_stages
 
 __all__ = [
     "DeepStemResNet", "build_deep_stem_resnet_backbone", "official_resnet_key_map", "RESNET_DEPTHS"
@@ -199,13 +200,7 @@ class DeepStemResNet(Backbone):
                                            self.robustnet_loss_weight)
 
     def _forward_stages(self, x) -> Dict[str, "torch.Tensor"]:  # noqa: F821
-        outputs = {}
-        x = self.stem(x)
-        for name in self._stage_names:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
+        return run_stages(self, self.stem(x), self._stage_names, self._out_features)
 
     # output_shape(): detectron2's Backbone default, from _out_feature_channels/_strides.
 

@@ -36,6 +36,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
+from .stages import run_stages
+
 __all__ = ["MiTLayout", "MIT_LAYOUTS", "DropPath", "OverlapPatchEmbed", "EfficientSelfAttention",
            "MixFFN", "MiTBlock", "MiTStage", "MixVisionTransformer", "build_mit_backbone"]
 
@@ -281,12 +283,7 @@ class MixVisionTransformer(Backbone):
         if x.dim() != 4:
             raise ValueError(
                 f"MixVisionTransformer takes (N, C, H, W) inputs, got {tuple(x.shape)}")
-        outputs = {}
-        for name in self._run_stages:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
+        return run_stages(self, x, self._run_stages, self._out_features)
 
     # output_shape(): detectron2's Backbone default, from _out_feature_channels/_strides.
 

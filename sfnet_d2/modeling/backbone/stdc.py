@@ -39,6 +39,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from ..robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
+from .stages import run_stages
 
 __all__ = ["STDC_LAYOUTS", "CatBottleneck", "STDCNet", "build_stdc_backbone",
            "official_stdc_key_map"]
@@ -219,11 +220,7 @@ class STDCNet(Backbone):
         x = self.stem(x)
         if "res2" in self._out_features:
             outputs["res2"] = x
-        for name in self._run_stages:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
+        return run_stages(self, x, self._run_stages, self._out_features, outputs)
 
     # output_shape(): detectron2's Backbone default, from _out_feature_channels/_strides.
 
