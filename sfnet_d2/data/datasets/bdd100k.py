@@ -18,7 +18,7 @@ from .common import (
     list_files,
     pair_images_with_labels,
     records_from_pairs,
-    register_sem_seg,
+    register_sem_seg_splits,
     require_dir,
 )
 
@@ -76,10 +76,8 @@ def load_bdd100k(datasets_root: str, split: str):
 
 
 def register_bdd100k(datasets_root: str):
-    for split in SPLITS:
-        register_sem_seg(
-            f"bdd100k_sem_seg_{split}",
-            lambda s=split: load_bdd100k(datasets_root, s),
-            dict(dataset_root=os.path.join(datasets_root, BDD_ROOT_NAME),
-                 **cityscapes19_metadata("sem_seg")),
-        )
+    register_sem_seg_splits(
+        "bdd100k_sem_seg_{split}", SPLITS, load_bdd100k, datasets_root,
+        dict(dataset_root=os.path.join(datasets_root, BDD_ROOT_NAME),
+             **cityscapes19_metadata("sem_seg")),
+    )

@@ -17,7 +17,7 @@ from .common import (
     list_files,
     pair_images_with_labels,
     records_from_pairs,
-    register_sem_seg,
+    register_sem_seg_splits,
     require_dir,
 )
 from .label_mapping import load_label_mapping, read_label_png
@@ -77,10 +77,8 @@ def load_camvid(datasets_root: str, split: str):
 
 
 def register_camvid(datasets_root: str):
-    for split in SPLITS:
-        register_sem_seg(
-            f"camvid_sem_seg_{split}",
-            lambda s=split: load_camvid(datasets_root, s),
-            dict(dataset_root=os.path.join(datasets_root, CAMVID_ROOT_NAME),
-                 label_mapping=CAMVID_MAPPING, **camvid_metadata()),
-        )
+    register_sem_seg_splits(
+        "camvid_sem_seg_{split}", SPLITS, load_camvid, datasets_root,
+        dict(dataset_root=os.path.join(datasets_root, CAMVID_ROOT_NAME),
+             label_mapping=CAMVID_MAPPING, **camvid_metadata()),
+    )

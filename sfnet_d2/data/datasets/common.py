@@ -3,6 +3,7 @@ Helpers shared by the dataset modules: layout checks whose errors name the missi
 expected layout and the command that fixes it; pairing images with label files; registration;
 the 19-class Cityscapes metadata every driving dataset here is mapped into.
 """
+import copy
 import os
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
@@ -16,6 +17,7 @@ __all__ = [
     "list_files",
     "pair_images_with_labels",
     "register_sem_seg",
+    "register_sem_seg_splits",
     "require_dir",
 ]
 
@@ -120,3 +122,21 @@ def register_sem_seg(name: str, loader: Callable[[], List[Dict]], metadata: Dict
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(**metadata)
+
+
+def register_sem_seg_splits(
+    name_template: str,
+    splits: Iterable[str],
+    load_split: Callable[[str, str], List[Dict]],
+    datasets_root: str,
+    metadata: Dict,
+):
+    """Register ``name_template.format(split=split)`` for every split, loaded lazily by
+    ``load_split(datasets_root, split)``. Each split gets its own copy of ``metadata``, so that
+    changing one split's metadata in place leaves the others alone."""
+    for split in splits:
+        register_sem_seg(
+            name_template.format(split=split),
+            lambda s=split: load_split(datasets_root, s),
+            copy.deepcopy(metadata),
+        )

@@ -22,7 +22,7 @@ from .common import (
     list_files,
     pair_images_with_labels,
     records_from_pairs,
-    register_sem_seg,
+    register_sem_seg_splits,
     require_dir,
 )
 from .label_mapping import load_label_mapping, read_label_png
@@ -139,10 +139,8 @@ def load_idd_19(datasets_root: str, split: str):
 
 
 def register_idd_19(datasets_root: str):
-    for split in SPLITS:
-        register_sem_seg(
-            f"idd_19_sem_seg_{split}",
-            lambda s=split: load_idd_19(datasets_root, s),
-            dict(dataset_root=os.path.join(datasets_root, IDD_ROOT_NAME),
-                 label_mapping=IDD_MAPPING, **cityscapes19_metadata("sem_seg")),
-        )
+    register_sem_seg_splits(
+        "idd_19_sem_seg_{split}", SPLITS, load_idd_19, datasets_root,
+        dict(dataset_root=os.path.join(datasets_root, IDD_ROOT_NAME),
+             label_mapping=IDD_MAPPING, **cityscapes19_metadata("sem_seg")),
+    )

@@ -18,7 +18,7 @@ from .common import (
     list_files,
     pair_images_with_labels,
     records_from_pairs,
-    register_sem_seg,
+    register_sem_seg_splits,
     require_dir,
 )
 from .label_mapping import load_label_mapping, read_label_png
@@ -119,10 +119,8 @@ def load_mapillary_vistas_19(datasets_root: str, split: str):
 
 
 def register_mapillary_vistas_19(datasets_root: str):
-    for split in SPLIT_DIRS:
-        register_sem_seg(
-            f"mapillary_vistas_19_sem_seg_{split}",
-            lambda s=split: load_mapillary_vistas_19(datasets_root, s),
-            dict(dataset_root=os.path.join(datasets_root, MAPILLARY_ROOT_NAME),
-                 label_mapping=MAPILLARY_MAPPING, **cityscapes19_metadata("sem_seg")),
-        )
+    register_sem_seg_splits(
+        "mapillary_vistas_19_sem_seg_{split}", SPLIT_DIRS, load_mapillary_vistas_19, datasets_root,
+        dict(dataset_root=os.path.join(datasets_root, MAPILLARY_ROOT_NAME),
+             label_mapping=MAPILLARY_MAPPING, **cityscapes19_metadata("sem_seg")),
+    )
