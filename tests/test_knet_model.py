@@ -11,14 +11,7 @@ from sfnet_d2.modeling.knet import (InitialKernelHead, KernelUpdateStage, KNetCl
                                     SinePositionalEncoding)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is faster, and far faster on a busy machine, where the threads of
-    # a pool wait for each other (measured: 3.6 s instead of 32 s for the loss test below).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny tensors
 
 
 def test_layout_cityscapes_stuff_first_and_coco_things_first():

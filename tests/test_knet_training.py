@@ -18,14 +18,7 @@ from sfnet_d2.data.panoptic_datasets import (register_cityscapes_panoptic,
 from sfnet_d2.modeling.knet.training import build_knet_evaluator, build_knet_optimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is faster, and far faster on a busy machine, where the threads of
-    # a pool wait for each other (measured: 3.6 s instead of 32 s for the loss test below).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny tensors
 
 DEMO_COCO = "configs/demo/knet_sfnet_STDC1_demo_coco.yaml"
 # a tiny model and tiny images: every test here runs in seconds on a CPU

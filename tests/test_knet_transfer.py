@@ -9,14 +9,7 @@ from sfnet_d2.modeling.knet.weight_transfer import (CLASS_DEPENDENT_PATTERN, mat
 from test_knet_model import _tiny_cfg  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is faster, and far faster on a busy machine, where the threads of
-    # a pool wait for each other (measured: 3.6 s instead of 32 s for the loss test below).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny tensors
 
 SOURCE = "sfnet_demo_coco_panoptic_train"       # person, car | road, tree, sky, pavement, ...
 TARGET = "cityscapes_fine_panoptic_train"         # stuff first: road, sidewalk, ... | person, ...
