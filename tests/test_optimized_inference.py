@@ -11,8 +11,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from torch import nn
 
 from conftest import make_cfg
+from sfnet_d2.modeling.static_pooling import StaticAdaptiveAvgPool2d
 from sfnet_d2.inference import (
-    AdaptiveAvgPoolAsMatmul,
     OptimizedSemanticSegmentor,
     build_inference_model,
     fold_batchnorm,
@@ -88,7 +88,7 @@ def test_strip_training_only_modules():
 def test_adaptive_avg_pool_as_matmul_equals_adaptive_pooling(size):
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     for bins in (1, 2, 3, 6):
-        got = AdaptiveAvgPoolAsMatmul(bins)(x)
+        got = StaticAdaptiveAvgPool2d(bins)(x)
         assert torch.allclose(got, F.adaptive_avg_pool2d(x, bins), atol=1e-12)
 
 

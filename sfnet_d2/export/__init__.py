@@ -20,7 +20,7 @@ from .network_part import (
     build_network_part,
     register_network_part,
 )
-from .static_pooling import StaticAdaptiveAvgPool2d, adaptive_pool_matrix, replace_adaptive_avg_pooling
+from ..modeling.static_pooling import StaticAdaptiveAvgPool2d, adaptive_pool_matrix, replace_adaptive_avg_pooling
 from .verification import (
     ExportVerificationError,
     demo_verification_images,

@@ -5,7 +5,7 @@ exported files, and the check that an export reproduces the PyTorch model.
 Both formats are *static*: the batch size (1) and the image size are fixed at export. SFNet's
 graph depends on the size in three places that become constants in the trace: the warp's base
 grid (the official ``torch.linspace`` grid, computed from Python ints, is constant-folded in
-ONNX), the interpolation sizes and the PPM's pooling windows (``static_pooling.py``). The
+ONNX), the interpolation sizes and the PPM's pooling windows (``sfnet_d2/modeling/static_pooling.py``). The
 exported file therefore only accepts that size; export again for another one.
 
 ONNX: opset 16 is the first with ``GridSample`` (the warp), so ``opset < 16`` is refused. The

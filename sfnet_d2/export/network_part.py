@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .static_pooling import replace_adaptive_avg_pooling
+from ..modeling.static_pooling import replace_adaptive_avg_pooling
 
 __all__ = [
     "NETWORK_PARTS",
@@ -180,7 +180,7 @@ def build_network_part(model: nn.Module, height: int, width: int,
     """
     The export-ready network part of ``model`` for (height, width) images: a deep copy of the
     model's modules (the model itself is not modified), in eval mode, with adaptive pooling
-    made static (see ``static_pooling.py``). With ``fold_batchnorm`` (the export command does it
+    made static (see ``sfnet_d2/modeling/static_pooling.py``). With ``fold_batchnorm`` (the export command does it
     when ``MODEL.SFNET.INFERENCE.OPTIMIZE`` is on), the optimised inference path's rewrites are
     applied too (sfnet_d2/inference/optimize.py): BatchNorm folded into the convolutions,
     dropout and deep-supervision heads removed. The ONNX exporter folds BatchNorm by itself;

@@ -9,8 +9,6 @@ from .model import (
     resize_logits,
 )
 from .optimize import (
-    AdaptiveAvgPoolAsMatmul,
-    exact_adaptive_avg_pool,
     fold_batchnorm,
     strip_training_only_modules,
     unfoldable_norms,

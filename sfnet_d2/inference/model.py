@@ -33,8 +33,8 @@ from detectron2.modeling import SemanticSegmentor
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..modeling.static_pooling import replace_adaptive_avg_pooling
 from .optimize import (
-    exact_adaptive_avg_pool,
     fold_batchnorm,
     strip_training_only_modules,
     unfoldable_norms,
@@ -229,7 +229,7 @@ def optimize_model(
     model = _rewrite_modules(model, "SemanticSegmentor")
     network = SemanticNetwork(model.backbone, model.sem_seg_head)
     if torchscript == "optimize":
-        exact_adaptive_avg_pool(network)
+        replace_adaptive_avg_pooling(network)
     return OptimizedSemanticSegmentor(
         network=network,
         pixel_mean=model.pixel_mean,

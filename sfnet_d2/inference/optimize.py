@@ -7,10 +7,11 @@ Module-level rewrites for inference that keep the network's outputs (up to float
 * :func:`strip_training_only_modules` - deep-supervision heads are deleted and dropout layers
   become ``nn.Identity`` (both already do nothing in eval mode, but a traced or exported module
   should not carry them);
-* :func:`exact_adaptive_avg_pool` - ``nn.AdaptiveAvgPool2d`` becomes the same average written as two
-  small matrix products, which oneDNN's TorchScript pass (``torch.jit.optimize_for_inference``)
-  accepts for any input size (its own adaptive pooling refuses sizes that the bins do not divide,
-  e.g. the PPM's 3x3 and 6x6 bins on a 32x64 map).
+* ``replace_adaptive_avg_pooling`` (``sfnet_d2/modeling/static_pooling.py``, shared with the
+  export) - ``nn.AdaptiveAvgPool2d`` becomes the same average written as two small matrix
+  products, which oneDNN's TorchScript pass (``torch.jit.optimize_for_inference``) accepts for any
+  input size (its own adaptive pooling refuses sizes that the bins do not divide, e.g. the PPM's
+  3x3 and 6x6 bins on a 32x64 map).
 
 All of them work on a module in eval mode and change it in place; callers that must keep the
 original (``build_inference_model``) deep-copy it first.
@@ -26,8 +27,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = [
     "fold_batchnorm",
     "strip_training_only_modules",
-    "exact_adaptive_avg_pool",
-    "AdaptiveAvgPoolAsMatmul",
     "unfoldable_norms",
 ]
 
@@ -129,57 +128,4 @@ def strip_training_only_modules(model: nn.Module) -> List[str]:
                 removed.append(f"{name}.{child_name}" if name else child_name)
     return removed
 
-
-def _pooling_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    # Bin i of adaptive pooling averages [floor(i * n / k), ceil((i + 1) * n / k)).
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    for i in range(out_size):
-        start = (i * in_size) // out_size
-        end = -((-(i + 1) * in_size) // out_size)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
-
-
-class AdaptiveAvgPoolAsMatmul(nn.Module):
-    """
-    ``nn.AdaptiveAvgPool2d(output_size)`` computed as ``P_h @ x @ P_w^T`` with the pooling
-    matrices of the input's size (same bins as PyTorch's adaptive average pooling). The matrices
-    are built once per input size and stored as buffers, so a traced module holds them as
-    constants.
-    """
-
-    def __init__(self, output_size):
-        super().__init__()
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
-        if any(s is None for s in output_size):
-            raise ValueError(f"AdaptiveAvgPoolAsMatmul needs a fixed output size, got {output_size}")
-        self.output_size = tuple(int(s) for s in output_size)
-        self._matrices = {}
-
-    def _matrices_for(self, height: int, width: int, like: torch.Tensor):
-        key = (height, width, like.device, like.dtype)
-        if key not in self._matrices:
-            out_h, out_w = self.output_size
-            self._matrices[key] = (
-                _pooling_matrix(height, out_h).to(device=like.device, dtype=like.dtype),
-                _pooling_matrix(width, out_w).t().contiguous().to(device=like.device,
-                                                                  dtype=like.dtype),
-            )
-        return self._matrices[key]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, cols = self._matrices_for(int(x.shape[-2]), int(x.shape[-1]), x)
-        return torch.matmul(torch.matmul(rows, x), cols)
-
-
-def exact_adaptive_avg_pool(model: nn.Module) -> int:
-    """Replace every ``nn.AdaptiveAvgPool2d`` with :class:`AdaptiveAvgPoolAsMatmul`, in place."""
-    replaced = 0
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.AdaptiveAvgPool2d):
-                setattr(module, child_name, AdaptiveAvgPoolAsMatmul(child.output_size))
-                replaced += 1
-    return replaced
 
