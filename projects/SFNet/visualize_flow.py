@@ -26,31 +26,17 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo import (  # noqa: E402
-    IMAGE_EXTENSIONS,
     resize_for_test,
     setup_model,
     to_model_input,
     to_rgb,
 )
 
+from sfnet_d2.export.verification import list_images  # noqa: E402
 from sfnet_d2.flow_visualization import record_alignments, save_flow_pictures  # noqa: E402
 from sfnet_d2.visualization import draw_prediction  # noqa: E402
 
 logger = logging.getLogger("sfnet_d2.visualize_flow")
-
-
-def list_input_images(path: str) -> List[str]:
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise FileNotFoundError(f"--input folder {path} holds no image ({IMAGE_EXTENSIONS})")
-        return files
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--input {path} does not exist")
-    if not path.lower().endswith(IMAGE_EXTENSIONS):
-        raise ValueError(f"--input {path}: unsupported extension; expected one of {IMAGE_EXTENSIONS}")
-    return [path]
 
 
 def visualize_image(cfg, model, path: str, out_dir: str, metadata, feature_mode: str = "mean",
@@ -90,7 +76,7 @@ def get_parser():
 def main(argv=None) -> List[Dict[str, str]]:
     args = get_parser().parse_args(argv)
     setup_logger(name="sfnet_d2")
-    files = list_input_images(args.input)
+    files = list_images(args.input)
     # The plain model: the flows are read from its FAM / GD-FAM modules with forward hooks,
     # which the optimised (BN-folded, traced) inference copy does not run.
     cfg, model, _ = setup_model(args.config_file, list(args.opts), args.device, optimize=False)
