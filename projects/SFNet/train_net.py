@@ -223,11 +223,24 @@ def main(args):
     return trainer.train()
 
 
+def main_and_close(args):
+    """``main``, then (in a multi-process job) wait for every process and close the process
+    group. Without it a process that finishes first (e.g. rank 1, while rank 0 still computes
+    the metrics) exits with gloo's threads alive and can abort ("terminate called without an
+    active exception"), failing the job. After an error nothing waits: the others are stopped by
+    ``launch``."""
+    result = main(args)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return result
+
+
 def invoke_main():
     args = default_argument_parser().parse_args()
     logging.getLogger("sfnet_d2").info(f"Command line arguments: {args}")
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(main_and_close, args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 
 
 if __name__ == "__main__":
