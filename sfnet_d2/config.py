@@ -55,6 +55,10 @@ def add_sfnet_config(cfg):
     # "fp32", "bf16" (CPUs with bf16 support, GPUs) or "fp16" (GPUs): dtype of weights and
     # activations; the logits are returned in fp32 either way.
     cfg.MODEL.SFNET.INFERENCE.PRECISION = "fp32"
+    # CPU, glibc: while the optimised model runs, serve large blocks from a heap that keeps its
+    # memory between calls instead of fresh zero-filled pages (sfnet_d2/inference/memory.py);
+    # the process then holds the peak working set of its largest call until it exits.
+    cfg.MODEL.SFNET.INFERENCE.KEEP_MEMORY = True
     _add_ablation_config(cfg)
 
     # STDC backbones (STDCNet813 = "STDC1", STDCNet1446 = "STDC2"), registered as

@@ -11,7 +11,8 @@ processes hits every mode alike). Two phases per mode:
 * ``end_to_end``: a uint8 (3, H, W) image as the data loader gives it -> normalisation, padding,
   network, post-processing (crop / resize of the logits) -> argmax label map on the CPU.
 
-Modes: ``eager`` (the plain detectron2 model), ``optimized`` (MODEL.SFNET.INFERENCE.*, fp32),
+Modes: ``eager`` (the plain detectron2 model), ``eager-kept-memory`` (the same with the
+optimised path's allocator setting, MODEL.SFNET.INFERENCE.KEEP_MEMORY), ``optimized`` (MODEL.SFNET.INFERENCE.*, fp32),
 ``optimized-eager`` (the same without TorchScript), ``bf16`` (optimised, bfloat16; CPUs with
 native bf16 and GPUs), ``fp16`` (optimised, float16; CUDA only). Unavailable modes are skipped
 with the reason printed. A 4096^3 GEMM run as a 1x1 convolution is timed in the same rounds; it
@@ -58,12 +59,13 @@ from sfnet_d2.inference.benchmark import (  # noqa: E402
     round_robin,
     summarize,
 )
+from sfnet_d2.inference.memory import kept_memory, keep_memory_supported  # noqa: E402
 from sfnet_d2.inference.flops import count_network_flops  # noqa: E402
 
 logger = logging.getLogger("sfnet_d2.benchmark")
 
-ALL_MODES = ("eager", "optimized-eager", "optimized", "bf16", "fp16")
-DEFAULT_MODES = ("eager", "optimized", "bf16", "fp16")
+ALL_MODES = ("eager", "eager-kept-memory", "optimized-eager", "optimized", "bf16", "fp16")
+DEFAULT_MODES = ("eager", "eager-kept-memory", "optimized", "bf16", "fp16")
 PHASES = ("network", "end_to_end")
 GEMM = "conv_gemm"
 
@@ -72,8 +74,16 @@ class Mode:
     """One way of running the model: ``model`` has the SemanticSegmentor forward(batched_inputs);
     ``network`` maps normalised padded images to logits (None if the model has no such part)."""
 
-    def __init__(self, name: str, model: torch.nn.Module, network, description: str):
+    def __init__(self, name: str, model: torch.nn.Module, network, description: str,
+                 keep_memory: bool = False):
         self.name, self.model, self.network, self.description = name, model, network, description
+        # Run inside kept_memory() (the plain model with the optimised path's allocator setting:
+        # shows how much of the speed-up is memory management alone).
+        self.keep_memory = keep_memory
+
+    def run(self, fn, *args):
+        with kept_memory(self.keep_memory):
+            return fn(*args)
 
 
 def mode_unavailable_reason(name: str, device: torch.device) -> Optional[str]:
@@ -98,6 +108,14 @@ def build_modes(cfg, model: torch.nn.Module, names, device) -> (List[Mode], Dict
             continue
         if name == "eager":
             modes.append(Mode(name, model, network_of(model), "plain model, eager"))
+            continue
+        if name == "eager-kept-memory":
+            if device.type != "cpu" or not keep_memory_supported():
+                skipped[name] = ("kept memory is a glibc CPU allocator setting "
+                                 "(sfnet_d2/inference/memory.py); not available here")
+                continue
+            modes.append(Mode(name, model, network_of(model),
+                              "plain model, eager, large blocks from a kept heap", True))
             continue
         kwargs = dict(channels_last=settings.CHANNELS_LAST, torchscript=settings.TORCHSCRIPT,
                       precision="fp32", max_compiled_sizes=settings.MAX_COMPILED_SIZES)
@@ -250,9 +268,9 @@ def run_benchmark(args) -> Dict[str, object]:
     tasks = {}
     for mode in modes:
         if "network" in args.phases and mode.network is not None:
-            tasks[f"{mode.name}/network"] = (lambda m=mode: m.network(net_input))
+            tasks[f"{mode.name}/network"] = (lambda m=mode: m.run(m.network, net_input))
         if "end_to_end" in args.phases:
-            tasks[f"{mode.name}/end_to_end"] = (lambda m=mode: end_to_end(m.model, image))
+            tasks[f"{mode.name}/end_to_end"] = (lambda m=mode: m.run(end_to_end, m.model, image))
     gemm_macs = None
     if not args.no_gemm:
         tasks[GEMM], gemm_macs = conv_gemm_task(device, args.gemm_size)

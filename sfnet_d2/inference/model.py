@@ -14,6 +14,8 @@ with the same ``forward(batched_inputs) -> [{"sem_seg": logits}]`` contract as d
   ``torch.jit.trace`` once per input size and frozen with ``torch.jit.freeze`` (constants folded,
   conv + ReLU / conv + add fused by oneDNN), optionally with ``torch.jit.optimize_for_inference``;
 * optionally run in bfloat16 / float16 (weights and activations cast, logits returned in float32);
+* on CPU, large activations taken from a heap that keeps its memory between calls instead of
+  fresh, zero-filled pages each call (``KEEP_MEMORY``, memory.py);
 * the post-processing resize of ``sem_seg_postprocess`` skipped when the output size equals the
   input size (it is an exact identity there, but a full-resolution copy of the logits).
 
@@ -34,6 +36,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..modeling.static_pooling import replace_adaptive_avg_pooling
+from .memory import kept_memory
 from .optimize import (
     fold_batchnorm,
     strip_training_only_modules,
@@ -87,6 +90,7 @@ class OptimizedSemanticSegmentor(nn.Module):
         torchscript: str = "freeze",
         precision: str = "fp32",
         max_compiled_sizes: int = 4,
+        keep_memory: bool = True,
     ):
         super().__init__()
         if torchscript not in TORCHSCRIPT_LEVELS:
@@ -106,6 +110,7 @@ class OptimizedSemanticSegmentor(nn.Module):
         self.torchscript = torchscript
         self.precision = precision
         self.max_compiled_sizes = max_compiled_sizes
+        self.keep_memory = keep_memory
         self.network.to(dtype=PRECISIONS[precision])
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
@@ -145,6 +150,10 @@ class OptimizedSemanticSegmentor(nn.Module):
 
     def network_forward(self, images: torch.Tensor) -> torch.Tensor:
         """The network on normalised, padded float32 images (N, 3, H, W): float32 logits."""
+        with kept_memory(self.keep_memory and images.device.type == "cpu"):
+            return self._network_forward(images)
+
+    def _network_forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(PRECISIONS[self.precision])
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -169,7 +178,7 @@ class OptimizedSemanticSegmentor(nn.Module):
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         if self.training:
             raise RuntimeError("OptimizedSemanticSegmentor is inference-only")
-        with torch.no_grad():
+        with torch.no_grad(), kept_memory(self.keep_memory and self.device.type == "cpu"):
             # Exactly SemanticSegmentor's pre-processing.
             images = [x["image"].to(self.device) for x in batched_inputs]
             images = [(x - self.pixel_mean) / self.pixel_std for x in images]
@@ -217,6 +226,7 @@ def optimize_model(
     torchscript: str = "freeze",
     precision: str = "fp32",
     max_compiled_sizes: int = 4,
+    keep_memory: bool = True,
 ) -> nn.Module:
     """
     The optimised inference copy of ``model`` (``model`` itself is not modified). A detectron2
@@ -239,6 +249,7 @@ def optimize_model(
         torchscript=torchscript,
         precision=precision,
         max_compiled_sizes=max_compiled_sizes,
+        keep_memory=keep_memory,
     ).to(model.pixel_mean.device)
 
 
@@ -257,4 +268,5 @@ def build_inference_model(cfg, model: nn.Module, precision: Optional[str] = None
         torchscript=settings.TORCHSCRIPT,
         precision=precision or settings.PRECISION,
         max_compiled_sizes=settings.MAX_COMPILED_SIZES,
+        keep_memory=settings.KEEP_MEMORY,
     )
