@@ -12,4 +12,5 @@ from .optimize import (
     fold_batchnorm,
     strip_training_only_modules,
     unfoldable_norms,
+    use_gather_warp,
 )

@@ -9,7 +9,8 @@ with the same ``forward(batched_inputs) -> [{"sem_seg": logits}]`` contract as d
 
 * deep-supervision heads and dropout removed, BatchNorm folded into the convolutions
   (``optimize.py``);
-* optionally the channels-last memory layout (oneDNN's native layout on CPU);
+* optionally the channels-last memory layout (oneDNN's native layout on CPU), with the FAM /
+  GD-FAM warps as weighted gathers of channels-last rows (modeling/gather_warp.py);
 * optionally the network (backbone + head, normalised image -> full-resolution logits) traced with
   ``torch.jit.trace`` once per input size and frozen with ``torch.jit.freeze`` (constants folded,
   conv + ReLU / conv + add fused by oneDNN), optionally with ``torch.jit.optimize_for_inference``;
@@ -41,6 +42,7 @@ from .optimize import (
     fold_batchnorm,
     strip_training_only_modules,
     unfoldable_norms,
+    use_gather_warp,
 )
 
 __all__ = [
@@ -238,6 +240,10 @@ def optimize_model(
         return _rewrite_modules(model, type(model).__name__)
     model = _rewrite_modules(model, "SemanticSegmentor")
     network = SemanticNetwork(model.backbone, model.sem_seg_head)
+    if channels_last:
+        # The gather warp reads channels-last rows and writes channels-last output; with NCHW
+        # features it would add layout copies instead of removing them.
+        use_gather_warp(network)
     if torchscript == "optimize":
         replace_adaptive_avg_pooling(network)
     return OptimizedSemanticSegmentor(

@@ -7,6 +7,9 @@ Module-level rewrites for inference that keep the network's outputs (up to float
 * :func:`strip_training_only_modules` - deep-supervision heads are deleted and dropout layers
   become ``nn.Identity`` (both already do nothing in eval mode, but a traced or exported module
   should not carry them);
+* :func:`use_gather_warp` - the FAM / GD-FAM warps run as weighted gathers of channels-last rows
+  (``sfnet_d2/modeling/gather_warp.py``): channels-last output, and GD-FAM's gate folded into the
+  gather weights;
 * ``replace_adaptive_avg_pooling`` (``sfnet_d2/modeling/static_pooling.py``, shared with the
   export) - ``nn.AdaptiveAvgPool2d`` becomes the same average written as two small matrix
   products, which oneDNN's TorchScript pass (``torch.jit.optimize_for_inference``) accepts for any
@@ -28,6 +31,7 @@ __all__ = [
     "fold_batchnorm",
     "strip_training_only_modules",
     "unfoldable_norms",
+    "use_gather_warp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,3 +133,14 @@ def strip_training_only_modules(model: nn.Module) -> List[str]:
     return removed
 
 
+
+
+def use_gather_warp(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every flow-alignment module (anything with a ``gather_warp`` attribute: FAM,
+    GD-FAM) to the gather form of the warp, in place. Returns how many were switched."""
+    switched = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "gather_warp", None), bool):
+            module.gather_warp = enabled
+            switched += 1
+    return switched

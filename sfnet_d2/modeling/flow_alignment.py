@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .feature_upsample import build_coarse_upsampler
+from .gather_warp import bilinear_taps, gather_taps
 
 __all__ = ["flow_warp", "FlowAlignModule", "GatedDualFlowAlignModule", "GDFAM_GATE_CHOICES"]
 
@@ -123,6 +124,23 @@ def flow_warp(
     )
 
 
+def flow_taps(feature: torch.Tensor, flow: torch.Tensor, size: Tuple[int, int],
+              align_corners: bool = True):
+    """The bilinear taps (gather_warp.bilinear_taps) of :func:`flow_warp`'s sampling points:
+    the same grid, for the gather form of the warp used by the optimised inference path."""
+    base_grid, norm = _grid_and_normaliser(int(size[0]), int(size[1]), flow)
+    grid = base_grid + flow.permute(0, 2, 3, 1) / norm
+    return bilinear_taps(grid, feature.shape[-2], feature.shape[-1], align_corners)
+
+
+def _use_gather_warp(module: nn.Module, feature: torch.Tensor) -> bool:
+    # Set by the optimised inference path (sfnet_d2/inference/optimize.py: use_gather_warp) for
+    # float32 CPU inference; reduced precision keeps flow_warp's float32 sampling and ONNX export
+    # keeps GridSample.
+    return (module.gather_warp and feature.dtype == torch.float32
+            and not torch.onnx.is_in_onnx_export())
+
+
 def _upsample(x: torch.Tensor, size, upsampler: Optional[nn.Module] = None) -> torch.Tensor:
     # Every interpolation of the official code is bilinear with align_corners=True; `upsampler`
     # is the Table 9a ablation (MODEL.SFNET.FAM_UPSAMPLE), None by default.
@@ -153,12 +171,17 @@ class FlowAlignModule(nn.Module):
         )
         self.upsample_high = build_coarse_upsampler(upsample, reduced, scale_factor)
         self.align_corners = align_corners
+        # True: warp by weighted row gathers (gather_warp.py); set for inference only.
+        self.gather_warp = False
 
     def forward(self, low: torch.Tensor, high: torch.Tensor, return_flow: bool = False):
         size = low.shape[-2:]
         high_reduced = _upsample(self.down_high(high), size, self.upsample_high)
         flow = self.flow_make(torch.cat([high_reduced, self.down_low(low)], dim=1))
-        warped = flow_warp(high, flow, size, self.align_corners)
+        if _use_gather_warp(self, high):
+            warped = gather_taps(high, *flow_taps(high, flow, size, self.align_corners), size)
+        else:
+            warped = flow_warp(high, flow, size, self.align_corners)
         return (warped, flow) if return_flow else warped
 
 
@@ -203,17 +226,31 @@ class GatedDualFlowAlignModule(nn.Module):
         self.gate_kind = gate
         self.dual_flow = dual_flow
         self.align_corners = align_corners
+        # True: warp and mix by weighted row gathers (gather_warp.py); set for inference only.
+        self.gather_warp = False
 
     def forward(self, low: torch.Tensor, high: torch.Tensor, return_flow: bool = False):
         size = low.shape[-2:]
         high_reduced = _upsample(self.down_high(high), size, self.upsample_high)
         low_reduced = self.down_low(low)
         flow = self.flow_make(torch.cat([high_reduced, low_reduced], dim=1))
+        gate = self._gate(high_reduced, low, low_reduced)
+        if _use_gather_warp(self, high):
+            out = self._gather_mix(low, high, flow, gate, size)
+            return (out, flow) if return_flow else out
         high_warped = flow_warp(high, flow[:, 0:2], size, self.align_corners)
         if self.dual_flow:
             low_warped = flow_warp(low, flow[:, 2:4], size, self.align_corners)
         else:
             low_warped = low
+        if gate is None:
+            out = 0.5 * (high_warped + low_warped)
+        else:
+            out = high_warped * gate + low_warped * (1 - gate)
+        return (out, flow) if return_flow else out
+
+    def _gate(self, high_reduced, low, low_reduced) -> Optional[torch.Tensor]:
+        """The spatial gate (N, 1, H, W) weighting the warped coarse feature; None = 1/2."""
         if self.gate_kind == "atten":
             gate_input = torch.cat(
                 [
@@ -224,11 +261,20 @@ class GatedDualFlowAlignModule(nn.Module):
                 ],
                 dim=1,
             )
-            gate = torch.sigmoid(self.gate(gate_input))
-        elif self.gate_kind == "conv":
-            gate = torch.sigmoid(self.gate(torch.cat([high_reduced, low_reduced], dim=1)))
-        else:
-            out = 0.5 * (high_warped + low_warped)
-            return (out, flow) if return_flow else out
-        out = high_warped * gate + low_warped * (1 - gate)
-        return (out, flow) if return_flow else out
+            return torch.sigmoid(self.gate(gate_input))
+        if self.gate_kind == "conv":
+            return torch.sigmoid(self.gate(torch.cat([high_reduced, low_reduced], dim=1)))
+        return None
+
+    def _gather_mix(self, low, high, flow, gate, size) -> torch.Tensor:
+        """The same output by weighted row gathers: the gate is folded into the tap weights, so
+        warping and mixing are one pass per input and the result is channels-last."""
+        gate = 0.5 if gate is None else gate.reshape(-1, 1)
+        index, weight = flow_taps(high, flow[:, 0:2], size, self.align_corners)
+        out = gather_taps(high, index, weight * gate, size)
+        if self.dual_flow:
+            index, weight = flow_taps(low, flow[:, 2:4], size, self.align_corners)
+            return out + gather_taps(low, index, weight * (1 - gate), size)
+        keep = 1 - gate if isinstance(gate, float) else (1 - gate).view(
+            low.shape[0], 1, int(size[0]), int(size[1]))
+        return out + low * keep
