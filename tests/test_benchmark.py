@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import make_cfg
+from sfnet_d2.inference.memory import keep_memory_supported
 from sfnet_d2.inference.benchmark import (
     OtherProcessLoad,
     RunRecord,
@@ -126,14 +127,19 @@ def test_benchmark_command_small(tmp_path, demo_datasets):
     out = tmp_path / "bench.json"
     report = benchmark.main([
         "--config-file", CONFIGS + "sfnet_lite_R18.yaml", "--input-size", "64", "128",
-        "--runs", "1", "--warmup", "1", "--threads", "2", "--modes", "eager", "optimized", "fp16",
+        "--runs", "1", "--warmup", "1", "--threads", "2",
+        "--modes", "eager", "eager-kept-memory", "optimized", "fp16",
         "--gemm-size", "1024", "--accuracy-dataset", demo_datasets[1], "--accuracy-images", "1",
         "--output", str(out), "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
     ])
     assert json.loads(out.read_text())["results"].keys() == report["results"].keys()
     results = report["results"]
+    kept = {"eager-kept-memory/network", "eager-kept-memory/end_to_end"}
+    if not keep_memory_supported():  # not glibc: skipped with its reason
+        assert "eager-kept-memory" in report["skipped_modes"]
+        kept = set()
     assert set(results) == {"eager/network", "eager/end_to_end", "optimized/network",
-                            "optimized/end_to_end", "conv_gemm"}
+                            "optimized/end_to_end", "conv_gemm"} | kept
     assert "fp16" in report["skipped_modes"]  # CPU: skipped with its reason
     # the ratios are what they claim to be
     opt, eager = results["optimized/network"], results["eager/network"]
