@@ -1,6 +1,7 @@
 """Benchmark machinery (sfnet_d2/inference/benchmark.py, projects/SFNet/benchmark.py) and the
 per-module FLOP breakdown against the official figures (official-sfnet.md section 3)."""
 import json
+import os
 import multiprocessing as mp
 import time
 
@@ -140,6 +141,8 @@ def test_benchmark_command_small(tmp_path, demo_datasets):
         kept = set()
     assert set(results) == {"eager/network", "eager/end_to_end", "optimized/network",
                             "optimized/end_to_end", "conv_gemm"} | kept
+    # with kept memory in the process, the plain eager model runs in its own process
+    assert report["eager_in_separate_process"] == keep_memory_supported()
     assert "fp16" in report["skipped_modes"]  # CPU: skipped with its reason
     # the ratios are what they claim to be
     opt, eager = results["optimized/network"], results["eager/network"]
@@ -156,3 +159,26 @@ def test_benchmark_command_small(tmp_path, demo_datasets):
     acc = report["accuracy_vs_eager"]["optimized"]
     assert acc["pixels"] == 128 * 256  # one demo image of 128x256
     assert acc["max_abs_logit_deviation"] < 1e-4 and acc["argmax_changed_fraction"] < 1e-3
+
+
+def test_isolated_tasks_run_in_a_worker_and_report_its_cpu_time_and_memory():
+    from sfnet_d2.inference.isolated_runs import ExternalRun, IsolatedTasks
+
+    work = {
+        "busy": (sum, (range(4_000_000),)),  # pure CPU work in the worker
+        "alloc": (torch.ones, (64 * 2 ** 20 // 4,)),  # a 64 MiB tensor, filled
+        "broken": (int, ("not a number",)),
+    }
+    with IsolatedTasks(work, threads=1) as isolated:
+        busy = isolated.task("busy")
+        records = round_robin({"busy": busy}, runs=2, warmup=1, device="cpu")
+        for rec in records["busy"]:
+            # the CPU time is the worker's (the caller only waits), close to the wall time
+            assert 0.5 * rec.seconds < rec.cpu_seconds <= rec.seconds * 1.05 + 0.01
+        assert isinstance(busy(), ExternalRun)
+        assert peak_memory_of(isolated.task("alloc"), "cpu") >= 60 * 2 ** 20
+        with pytest.raises(RuntimeError, match="ValueError"):
+            isolated.task("broken")()
+        with pytest.raises(KeyError):
+            isolated.task("missing")
+        assert isolated.pid != os.getpid()

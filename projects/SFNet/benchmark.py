@@ -55,10 +55,12 @@ from sfnet_d2.inference.benchmark import (  # noqa: E402
     peak_memory_of,
     bf16_support,
     conv_gemm_task,
+    end_to_end,
     flop_bound_seconds,
     round_robin,
     summarize,
 )
+from sfnet_d2.inference.isolated_runs import IsolatedTasks  # noqa: E402
 from sfnet_d2.inference.memory import kept_memory, keep_memory_supported  # noqa: E402
 from sfnet_d2.inference.flops import count_network_flops  # noqa: E402
 
@@ -118,7 +120,8 @@ def build_modes(cfg, model: torch.nn.Module, names, device) -> (List[Mode], Dict
                               "plain model, eager, large blocks from a kept heap", True))
             continue
         kwargs = dict(channels_last=settings.CHANNELS_LAST, torchscript=settings.TORCHSCRIPT,
-                      precision="fp32", max_compiled_sizes=settings.MAX_COMPILED_SIZES)
+                      precision="fp32", max_compiled_sizes=settings.MAX_COMPILED_SIZES,
+                      keep_memory=settings.KEEP_MEMORY)
         if name == "optimized-eager":
             kwargs["torchscript"] = "none"
         elif name in ("bf16", "fp16"):
@@ -151,14 +154,33 @@ def network_of(model: torch.nn.Module):
     return None
 
 
-def end_to_end(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """uint8 (3, H, W) image -> (H, W) label map on the CPU through the full model: the argmax of
-    the semantic logits, or the panoptic segment map of a panoptic model."""
-    height, width = image.shape[-2:]
-    out = model([{"image": image, "height": height, "width": width}])[0]
-    if "sem_seg" in out:
-        return out["sem_seg"].argmax(dim=0).cpu()
-    return out["panoptic_seg"][0].cpu()
+def isolate_eager(cfg, modes: List[Mode], tasks: Dict, device, net_input, image):
+    """
+    When another mode changes the process's allocator (kept memory, CPU + glibc), run the
+    ``eager`` tasks in a fresh worker process (isolated_runs.py), replacing them in ``tasks`` in
+    place (same order, so the round robin still interleaves them). Returns the workers' handle to
+    close, or None when eager runs in this process.
+    """
+    keeps = {m.name for m in modes if m.keep_memory}
+    if cfg.MODEL.SFNET.INFERENCE.KEEP_MEMORY:
+        keeps |= {m.name for m in modes if isinstance(m.model, OptimizedSemanticSegmentor)}
+    if device.type != "cpu" or not keep_memory_supported() or not keeps:
+        return None
+    eager = next(m for m in modes if m.name == "eager")
+    work = {}
+    if "eager/network" in tasks:
+        work["eager/network"] = (eager.network, (net_input,))
+    if "eager/end_to_end" in tasks:
+        work["eager/end_to_end"] = (end_to_end, (eager.model, image))
+    if not work:
+        return None
+    print(f"Timing the plain eager model in a separate process: {sorted(keeps)} change this "
+          "process's allocator (MODEL.SFNET.INFERENCE.KEEP_MEMORY), which would otherwise speed up "
+          "eager runs after them")
+    isolated = IsolatedTasks(work, torch.get_num_threads())
+    for name in work:
+        tasks[name] = isolated.task(name)
+    return isolated
 
 
 def network_input(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -271,6 +293,7 @@ def run_benchmark(args) -> Dict[str, object]:
             tasks[f"{mode.name}/network"] = (lambda m=mode: m.run(m.network, net_input))
         if "end_to_end" in args.phases:
             tasks[f"{mode.name}/end_to_end"] = (lambda m=mode: m.run(end_to_end, m.model, image))
+    isolated = isolate_eager(cfg, modes, tasks, device, net_input, image)
     gemm_macs = None
     if not args.no_gemm:
         tasks[GEMM], gemm_macs = conv_gemm_task(device, args.gemm_size)
@@ -281,11 +304,15 @@ def run_benchmark(args) -> Dict[str, object]:
     print(f"Timing {len(tasks)} tasks at {height}x{width}, batch 1, {device}, "
           f"{torch.get_num_threads()} threads: {args.warmup} warm-up + {args.runs} runs each, "
           "round robin")
-    with torch.inference_mode():
-        records = round_robin(tasks, args.runs, args.warmup, device, progress)
-        results = {name: summarize(recs) for name, recs in records.items()}
-        for name, task in tasks.items():
-            results[name]["peak_memory_mib"] = peak_memory_of(task, device) / 2**20
+    try:
+        with torch.inference_mode():
+            records = round_robin(tasks, args.runs, args.warmup, device, progress)
+            results = {name: summarize(recs) for name, recs in records.items()}
+            for name, task in tasks.items():
+                results[name]["peak_memory_mib"] = peak_memory_of(task, device) / 2**20
+    finally:
+        if isolated is not None:
+            isolated.close()
 
     gmacs = None
     if not args.no_flops and network_of(model) is not None:
@@ -334,6 +361,8 @@ def run_benchmark(args) -> Dict[str, object]:
         "clean_run_threshold_other_cores": CLEAN_OTHER_CORES,
         "modes": {m.name: m.description for m in modes},
         "skipped_modes": skipped,
+        # True: the eager tasks ran in a fresh worker process (isolate_eager)
+        "eager_in_separate_process": isolated is not None,
         "fvcore_gmacs": gmacs,
         "gemm_size": args.gemm_size,
         "conv_throughput_gflops_per_s": throughput,

@@ -13,6 +13,9 @@ Timing machinery of ``projects/SFNet/benchmark.py`` (docs/BENCHMARK.md):
   a run makes the run pay page faults;
 * :func:`summarize` gives median, p90 and FPS, also over the "clean" runs only (other processes
   below ``CLEAN_OTHER_CORES``), like the measurements in official-sfnet.md section 3;
+* tasks may run in a worker process (isolated_runs.py: the plain ``eager`` mode, away from the
+  optimised path's allocator setting); they report their CPU time, and their peak memory is
+  measured in the worker;
 * :func:`conv_gemm_task` is the machine's fp32 convolution throughput reference: a 4096^3 GEMM
   run as a 1x1 ``conv2d`` (official-sfnet.md section 3), from which the FLOP bound of a model is
   ``2 * GMACs / throughput``.
@@ -29,6 +32,8 @@ import psutil
 import torch
 import torch.nn.functional as F
 
+from .isolated_runs import ExternalRun
+
 __all__ = [
     "RunRecord",
     "round_robin",
@@ -41,6 +46,7 @@ __all__ = [
     "OtherProcessLoad",
     "bf16_support",
     "CLEAN_OTHER_CORES",
+    "end_to_end",
 ]
 
 # A run counts as "clean" when other processes used less than this many cores during it (the
@@ -105,10 +111,13 @@ class OtherProcessLoad:
         own = self._proc.cpu_times()
         self._own0 = own.user + own.system
 
-    def stop(self) -> Optional[float]:
+    def stop(self, helper_cpu_seconds: float = 0.0) -> Optional[float]:
+        """``helper_cpu_seconds``: CPU time that a worker process of ours (isolated_runs.py) spent
+        on the run, which is not another process's load."""
         wall = time.perf_counter() - self._t0
         own = self._proc.cpu_times()
-        others = (_cpu_busy_seconds() - self._busy0) - (own.user + own.system - self._own0)
+        others = ((_cpu_busy_seconds() - self._busy0) - (own.user + own.system - self._own0)
+                  - helper_cpu_seconds)
         if wall <= 0:
             return None
         # psutil's system and per-process clocks tick separately: clip rounding below zero.
@@ -191,7 +200,10 @@ def _release_free_memory():
 
 
 def peak_memory_of(task: Callable[[], object], device) -> int:
-    """Peak memory (bytes) of one run of ``task`` above the memory in use before it."""
+    """Peak memory (bytes) of one run of ``task`` above the memory in use before it. A task that
+    runs in another process (isolated_runs.py) measures it there (its ``peak_memory()``)."""
+    if callable(getattr(task, "peak_memory", None)):
+        return task.peak_memory()
     _release_free_memory()
     meter = PeakMemory(device)
     meter.start()
@@ -231,10 +243,14 @@ def round_robin(
             _synchronize(device)
             load.start()
             c0, t0 = time.process_time(), time.perf_counter()
-            task()
+            result = task()
             _synchronize(device)
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            other = load.stop()
+            if isinstance(result, ExternalRun):  # ran in a worker process: its CPU time
+                cpu = result.cpu_seconds
+                other = load.stop(helper_cpu_seconds=result.cpu_seconds)
+            else:
+                other = load.stop()
             records[name].append(RunRecord(seconds, cpu, other))
     return records
 
@@ -280,3 +296,13 @@ def bf16_support(device) -> Optional[str]:
                 f"CPU capability {torch.backends.cpu.get_cpu_capability()}), so bf16 would be "
                 "emulated and slower than fp32")
     return None
+
+
+def end_to_end(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) image -> (H, W) label map on the CPU through the full model: the argmax of
+    the semantic logits, or the panoptic segment map of a panoptic model."""
+    height, width = image.shape[-2:]
+    out = model([{"image": image, "height": height, "width": width}])[0]
+    if "sem_seg" in out:
+        return out["sem_seg"].argmax(dim=0).cpu()
+    return out["panoptic_seg"][0].cpu()
