@@ -97,6 +97,8 @@ def kept_memory(enabled: bool = True):
         if not _trim_threshold_raised:
             libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
             _trim_threshold_raised = True
+            logger.info("Optimised inference keeps its working memory between calls "
+                        "(MODEL.SFNET.INFERENCE.KEEP_MEMORY; docs/BENCHMARK.md)")
         if _depth == 0:
             libc.mallopt(_M_MMAP_MAX, 0)
         _depth += 1

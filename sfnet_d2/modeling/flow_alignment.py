@@ -135,10 +135,12 @@ def flow_taps(feature: torch.Tensor, flow: torch.Tensor, size: Tuple[int, int],
 
 def _use_gather_warp(module: nn.Module, feature: torch.Tensor) -> bool:
     # Set by the optimised inference path (sfnet_d2/inference/optimize.py: use_gather_warp) for
-    # float32 CPU inference; reduced precision keeps flow_warp's float32 sampling and ONNX export
+    # float32 inference; reduced precision keeps flow_warp's float32 sampling and ONNX export
     # keeps GridSample.
+    # CPU only: the gain is measured there (grid_sample's NCHW output on CPU); CUDA keeps the
+    # grid_sample kernel until someone measures the gather form there.
     return (module.gather_warp and feature.dtype == torch.float32
-            and not torch.onnx.is_in_onnx_export())
+            and feature.device.type == "cpu" and not torch.onnx.is_in_onnx_export())
 
 
 def _upsample(x: torch.Tensor, size, upsampler: Optional[nn.Module] = None) -> torch.Tensor:
