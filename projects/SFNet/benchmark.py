@@ -11,8 +11,9 @@ processes hits every mode alike). Two phases per mode:
 * ``end_to_end``: a uint8 (3, H, W) image as the data loader gives it -> normalisation, padding,
   network, post-processing (crop / resize of the logits) -> argmax label map on the CPU.
 
-Modes: ``eager`` (the plain detectron2 model), ``eager-kept-memory`` (the same with the
-optimised path's allocator setting, MODEL.SFNET.INFERENCE.KEEP_MEMORY), ``optimized`` (MODEL.SFNET.INFERENCE.*, fp32),
+Modes: ``eager`` (the plain detectron2 model, in its own process when another mode keeps memory),
+``eager-kept-memory`` (the same with the optimised path's allocator setting,
+MODEL.SFNET.INFERENCE.KEEP_MEMORY), ``optimized`` (MODEL.SFNET.INFERENCE.*, fp32),
 ``optimized-eager`` (the same without TorchScript), ``bf16`` (optimised, bfloat16; CPUs with
 native bf16 and GPUs), ``fp16`` (optimised, float16; CUDA only). Unavailable modes are skipped
 with the reason printed. A 4096^3 GEMM run as a 1x1 convolution is timed in the same rounds; it
