@@ -20,7 +20,6 @@ Timing machinery of ``projects/SFNet/benchmark.py`` (docs/BENCHMARK.md):
   run as a 1x1 ``conv2d`` (official-sfnet.md section 3), from which the FLOP bound of a model is
   ``2 * GMACs / throughput``.
 """
-import ctypes
 import gc
 import os
 import threading
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .isolated_runs import ExternalRun
+from .memory import release_kept_memory
 
 __all__ = [
     "RunRecord",
@@ -193,10 +193,7 @@ class PeakMemory:
 
 def _release_free_memory():
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc: give freed heap pages back to the system
-    except (OSError, AttributeError):
-        pass
+    release_kept_memory()  # glibc: give freed heap pages back to the system
 
 
 def peak_memory_of(task: Callable[[], object], device) -> int:

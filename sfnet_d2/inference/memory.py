@@ -50,8 +50,22 @@ _checked = False
 _trim_threshold_raised = False
 
 
+def _load_glibc():
+    """The C library if it is glibc (mallopt / malloc_trim typed), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
 def _glibc():
-    """The glibc handle, or None (other C libraries, user-tuned malloc), checked once."""
+    """The glibc handle kept_memory may tune, or None (other C libraries, user-tuned malloc),
+    checked once."""
     global _libc, _checked
     if _checked:
         return _libc
@@ -64,14 +78,8 @@ def _glibc():
     if user_set:
         reason = f"malloc is configured by the environment ({', '.join(user_set)}); left as set"
     else:
-        try:
-            libc = ctypes.CDLL(None)
-            libc.gnu_get_libc_version.restype = ctypes.c_char_p
-            libc.gnu_get_libc_version()
-            libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-            libc.malloc_trim.argtypes = (ctypes.c_size_t,)
-            _libc = libc
-        except (OSError, AttributeError):
+        _libc = _load_glibc()
+        if _libc is None:
             reason = "the C library is not glibc"
     if reason:
         logger.info(f"MODEL.SFNET.INFERENCE.KEEP_MEMORY has no effect here: {reason}")
@@ -114,9 +122,9 @@ def kept_memory(enabled: bool = True):
 
 
 def release_kept_memory() -> bool:
-    """Give the free heap memory back to the system (``malloc_trim(0)``); False where the C
-    library is not glibc."""
-    libc = _glibc()
+    """Give the free heap memory back to the system (``malloc_trim(0)``, also where the user
+    tuned malloc: trimming changes no setting); False where the C library is not glibc."""
+    libc = _load_glibc()
     if libc is None:
         return False
     libc.malloc_trim(0)
