@@ -9,8 +9,8 @@ Every patch below is an exact text substitution that must match exactly once (or
 of times); if the sdist ever differs from what we measured, the script stops and names the file
 and the text it expected, instead of building a silently half-patched detectron2.
 
-The list of incompatibilities and why each fix is needed is measured in
-../shared/reference/detectron2-install.md ("detectron2 v0.6 against today's packages").
+Each substitution below carries a comment saying which incompatibility of detectron2 v0.6 with
+today's packages it fixes and why; INSTALL.md explains the install as a whole.
 No detectron2 source is kept in this repository: only these substitutions are.
 """
 import os

@@ -125,7 +125,8 @@ def add_sfnet_config(cfg):
 def _add_training_recipe_config(cfg):
     """The official/paper training recipe beyond the model: photometric augmentation, class-
     uniform sampling with coarse boosting, epoch-based schedules (docs/TRAINING.md). Defaults are
-    the official Cityscapes scripts (../shared/reference/official-sfnet.md section 4)."""
+    the official Cityscapes scripts (lxtGH/SFSegNets@ba475ba
+    scripts/cityscacpes/train_cityscapes_*.sh, with train.py and loss.py)."""
     # Padding of images smaller than the crop: "centered" = official RandomCrop(nopad=False)
     # ((crop - side) // 2 + 1 on both sides); "bottom_right" = only the missing rows/columns.
     cfg.INPUT.SFNET.PAD_MODE = "centered"
@@ -186,7 +187,8 @@ def _add_training_recipe_config(cfg):
 
 def _add_knet_config(cfg):
     """K-Net panoptic keys (meta-architecture "SFNetKNet", sfnet_d2/modeling/knet/, docs/PANOPTIC.md).
-    Defaults are the official K-Net COCO panoptic config (../shared/reference/knet.md sections 1-5)."""
+    Defaults are the official K-Net COCO panoptic config (ZwwWayne/K-Net@5e50ee5
+    configs/det/knet/knet_s3_r50_fpn_ms-3x_coco-panoptic.py and the _base_ files it includes)."""
     cfg.MODEL.KNET = CN()
     # Dataset whose metadata defines the classes (thing/stuff split, names); "" = the first of
     # DATASETS.TRAIN, else of DATASETS.TEST.

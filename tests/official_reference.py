@@ -1,8 +1,8 @@
 """
 An independent, functional re-implementation of the official SFNet-R18 (v1) and SFNet-Lite-R18
-(v2) eval forward, reading tensors by their *official* state-dict names (as described in
-../shared/reference/official-sfnet.md). It lets the tests check that a converted checkpoint makes
-our modules compute what the official network computes.
+(v2) eval forward, reading tensors by their *official* state-dict names (as defined in
+lxtGH/SFSegNets@ba475ba network/sfnet_resnet.py and network/nn/operators.py). It lets the tests
+check that a converted checkpoint makes our modules compute what the official network computes.
 """
 import torch
 import torch.nn.functional as F

@@ -91,7 +91,7 @@ def test_align_levels_configs_remove_fam_parameters_exactly():
     full = _params(build_model(make_cfg(ABL + "fam_ppm_R18.yaml")))
     assert full == 12_869_715  # the official SFNet R18
     fam = _fam_params(128)
-    assert fam == 18_688  # official AlignedModule(128, 64): ../shared/reference/official-sfnet.md 1.2
+    assert fam == 18_688  # AlignedModule(128, 64), lxtGH/SFSegNets@ba475ba network/nn/operators.py
     for name, n_fam in [("fpn_ppm_R18", 0), ("fam_F3_R18", 1), ("fam_F5_R18", 1), ("fam_F4F5_R18", 2)]:
         assert _params(build_model(make_cfg(ABL + name + ".yaml"))) == full - (3 - n_fam) * fam, name
 
@@ -305,7 +305,8 @@ def test_conv_gate_equals_the_official_spatial_gate_factories(config, official, 
 
 
 def test_plain_fpn_stdc_equals_the_official_plain_fpn_factories():
-    # official STDC1 / STDC2 factories (plain FPN head): ../shared/reference/official-sfnet.md 1.1
+    # official STDC1 / STDC2 factories (plain FPN head) of network/sfnet_stdcnet.py: parameter
+    # counts measured by running lxtGH/SFSegNets@ba475ba
     assert _params(build_model(make_cfg(ABL + "fpn_ppm_STDC1.yaml"))) == 9_101_875 - 3_125_248
     assert _params(build_model(make_cfg(ABL + "fpn_ppm_STDC2.yaml"))) == 13_132_339 - 3_125_248
 

@@ -1,4 +1,5 @@
-"""K-Net losses against hand-computed values (mmdet 2.x formulas, ../shared/reference/knet.md)."""
+"""K-Net losses against hand-computed values (mmdet 2.x formulas: mmdet/models/losses/focal_loss.py,
+cross_entropy_loss.py, dice_loss.py, as ZwwWayne/K-Net@5e50ee5 configures them)."""
 import math
 
 import pytest

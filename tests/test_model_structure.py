@@ -14,7 +14,7 @@ def _params(module):
     return sum(p.numel() for p in module.parameters())
 
 
-# Official counts: ../shared/reference/official-sfnet.md sections 1.1 and 2.
+# Official counts: measured by running lxtGH/SFSegNets@ba475ba (nn.Module.parameters()).
 @pytest.mark.parametrize(
     "config,opts,expected",
     [
@@ -165,7 +165,7 @@ def test_lite_head_rejects_wrong_number_of_levels():
     ("sfnet_DF1.yaml", 8.25), ("sfnet_DF2.yaml", 20.09),
 ])
 def test_fvcore_flops_equal_official_at_512x1024(config, official_gflops):
-    # ../shared/reference/official-sfnet.md section 3 (fvcore, multiply-add = 1 FLOP).
+    # Measured by running lxtGH/SFSegNets@ba475ba (fvcore, multiply-add = 1 FLOP).
     from analyze_model import analyze
 
     _, total, _ = analyze(make_cfg(CONFIGS + config), 512, 1024)

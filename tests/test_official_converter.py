@@ -20,7 +20,9 @@ from sfnet_d2.checkpoint import (
 )
 
 KEYS_DIR = os.path.join(ROOT, "tests", "data", "official_keys")
-KEY_FILES = {  # measured official layouts (../shared/reference/official-keys/)
+# Key/shape lists of the official models' state_dicts (measured by running
+# lxtGH/SFSegNets@ba475ba), stored in tests/data/official_keys/.
+KEY_FILES = {
     "DeepR18_SF_deeply": "keys_sfnet_r18_v1.txt",
     "DeepR18_SFV2_deeply_dsn_FA_Atten": "keys_sfnet_lite_r18_v2.txt",
     "AlignedSTDC1": "keys_sfnet_stdc1_v1.txt",

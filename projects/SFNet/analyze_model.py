@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """
 FLOPs and parameters of a config's network (fvcore; one multiply-add counts as one FLOP, as the
-paper and ../shared/reference/official-sfnet.md section 3 count), at the paper's 1024x2048 by
+paper counts, and as fvcore counts the official models when running lxtGH/SFSegNets@ba475ba), at
+the paper's 1024x2048 by
 default, in inference mode (no deep-supervision heads), with a per-module breakdown that names the
 official code's modules beside ours (layer0..4, ppm, fpn_in, fpn_out, FAMs, conv_last).
 

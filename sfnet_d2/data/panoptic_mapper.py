@@ -3,7 +3,8 @@ Dataset mapper for K-Net panoptic training (``SFNetKNet``): reads the image and 
 panoptic PNG, checks them, applies the augmentations to both (the PNG as an RGB segmentation map,
 nearest interpolation) and returns ``image`` and ``instances`` with ``gt_classes`` (contiguous ids)
 and ``gt_masks`` (BitMasks) for every non-crowd segment, things and stuff alike; the model splits
-them by its class layout (../shared/reference/knet.md section 6). Crowd segments and VOID pixels
+them by its class layout (as ZwwWayne/K-Net@5e50ee5 knet/det/knet.py ``forward_train`` and
+knet/det/utils.py ``sem2ins_masks`` split thing and stuff masks). Crowd segments and VOID pixels
 give no mask: they are background for every loss, as in K-Net.
 
 Augmentations (``INPUT.KNET.AUGMENTATION``):

@@ -1,6 +1,7 @@
 """
 Training augmentations of the official SFNet recipe, as detectron2 augmentations
-(../shared/reference/official-sfnet.md section 4, docs/TRAINING.md):
+(lxtGH/SFSegNets@ba475ba datasets/__init__.py ``setup_loaders``, transforms/joint_transforms.py,
+transforms/transforms.py; docs/TRAINING.md):
 
 1. ``RandomScale``: rescale the whole image by a factor drawn from ``INPUT.SFNET.SCALE_RANGE``
    (bicubic for the image, nearest for the label), as the official ``RandomSizeAndCrop``;

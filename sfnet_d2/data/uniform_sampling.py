@@ -1,8 +1,9 @@
 """
 Class-uniform sampling with coarse boosting, the official recipe's rare-class balancing
 (``--class_uniform_pct 0.5 --class_uniform_tile 1024``, the official ``datasets/uniform.py`` taken
-from NVIDIA's semantic-segmentation; ../shared/reference/official-sfnet.md section 4;
-docs/TRAINING.md), feeding the training stream of ``train_stream.py``:
+from NVIDIA's semantic-segmentation; lxtGH/SFSegNets@ba475ba datasets/uniform.py,
+datasets/cityscapes.py and scripts/cityscacpes/train_cityscapes_*.sh; docs/TRAINING.md), feeding
+the training stream of ``train_stream.py``:
 
 * ``label_centroids``: every label map is cut into full ``tile x tile`` tiles; for each class in a
   tile, the (integer) centre of mass of its pixels is a *centroid*.

@@ -1,6 +1,7 @@
 """
-FLOPs of a semantic model's network with fvcore, counted as the paper and
-../shared/reference/official-sfnet.md section 3 count them: one multiply-add = one FLOP ("GMACs";
+FLOPs of a semantic model's network with fvcore, counted as the paper counts them and as fvcore
+counts the official models (measured by running lxtGH/SFSegNets@ba475ba): one multiply-add =
+one FLOP ("GMACs";
 the FLOP bound of the benchmark multiplies by 2), at a given input size, in inference mode (no
 deep-supervision heads), on the network alone (backbone + head, including the head's final
 upsampling of the logits to the input size).

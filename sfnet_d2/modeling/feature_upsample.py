@@ -4,9 +4,9 @@ bilinear 78.3, deconvolution 77.9, nearest neighbour 78.2 mIoU on Cityscapes val
 
 Only this one upsampling changes: the warp itself stays ``grid_sample`` (bilinear) of the original
 coarse feature, as in every FAM. The official code always uses bilinear, align_corners=True
-(../shared/reference/official-sfnet.md section 1.2); that default needs no module, so
-``build_coarse_upsampler("bilinear", ...)`` returns ``None`` and the modules keep their official
-state_dict keys.
+(lxtGH/SFSegNets@ba475ba network/nn/operators.py, network/sfnet_resnet.py); that default needs
+no module, so ``build_coarse_upsampler("bilinear", ...)`` returns ``None`` and the modules keep
+their official state_dict keys.
 
 * ``"nearest"``: ``F.interpolate(mode="nearest")`` to the fine size (no parameters).
 * ``"deconv"``: a learned ``ConvTranspose2d`` (channels -> channels, no bias) with stride equal to

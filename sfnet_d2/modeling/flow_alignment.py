@@ -2,8 +2,8 @@
 Semantic-flow alignment: the flow warp, the Flow Alignment Module (FAM, SFNet) and the Gated Dual
 Flow Alignment Module (GD-FAM, SFNet-Lite).
 
-Fidelity to the official SFSegNets code (network/nn/operators.py; measured behaviour in
-../shared/reference/official-sfnet.md section 1.2):
+Fidelity to the official SFSegNets code (lxtGH/SFSegNets@ba475ba network/nn/operators.py;
+behaviour measured by running lxtGH/SFSegNets@ba475ba):
 * the warp's base grid is ``linspace(-1, 1)`` over the *output* size, and the flow is divided by
   (W_out, H_out), not by (W-1)/2: a flow value ``v`` moves the sampling point by ``v / W_out`` in
   grid units, i.e. ``v * (W_in - 1) / (2 * W_out)`` input pixels (about half a pixel per unit when

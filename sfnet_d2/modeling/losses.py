@@ -1,6 +1,6 @@
 """
 Online hard example mining (OHEM) cross-entropy, as the official SFNet code's
-``OhemCrossEntropy2dTensor`` (../shared/reference/official-sfnet.md section 4):
+``OhemCrossEntropy2dTensor`` (lxtGH/SFSegNets@ba475ba loss.py):
 
 over all valid pixels of the batch (label != ignore), with p = softmax probability of the ground
 truth class, keep the pixels with ``p <= max(thresh, p_(min_kept))`` where ``p_(min_kept)`` is the

@@ -5,7 +5,8 @@ The PPM's ``nn.AdaptiveAvgPool2d(bins)`` with bins (1, 2, 3, 6) cannot be export
 torch's TorchScript-based exporter when the bin count does not divide the feature size (at
 1024x2048 the 1/32 feature is 32x64, which 3 and 6 do not divide), and TensorRT has no adaptive
 pooling layer either. This is one of the export failures users of the official code and of
-PaddleSeg's port reported (../shared/reference/what-users-ask.md, section 1c).
+PaddleSeg's port reported (https://github.com/lxtGH/SFSegNets/issues/72,
+https://github.com/PaddlePaddle/PaddleSeg/issues/1556).
 
 For a fixed input size the pooling is a fixed linear map: output cell ``i`` of ``b`` averages
 the input rows ``floor(i*H/b) .. ceil((i+1)*H/b) - 1`` (PyTorch's adaptive-pooling windows,

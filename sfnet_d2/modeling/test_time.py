@@ -14,8 +14,8 @@ detectron2's ``inference_on_dataset`` and evaluators work unchanged:
 Each pass calls the wrapped model itself, so its own preprocessing (``PIXEL_MEAN``/``PIXEL_STD``,
 zero padding to ``size_divisibility`` and cropping it back) applies to every window and scale.
 
-Fidelity to the official ``eval.py`` (``../shared/reference/official-sfnet.md`` section 4, "Other
-notes"; line-level details in docs/EVALUATION.md):
+Fidelity to the official ``eval.py`` (lxtGH/SFSegNets@ba475ba eval.py and
+scripts/submit_test/*.sh; line-level details in docs/EVALUATION.md):
 
 * raw logits are averaged over windows, scales and flips, then argmax'ed (the official model's
   eval forward returns ``Upsample(logits)`` with no softmax, and ``eval.py`` takes ``np.mean`` of

@@ -1,6 +1,7 @@
 """
 Schedules expressed in epochs: how many iterations an epoch is, as the official training loop
-counts them (../shared/reference/official-sfnet.md section 4, docs/TRAINING.md).
+counts them (lxtGH/SFSegNets@ba475ba datasets/__init__.py and datasets/sampler.py,
+docs/TRAINING.md).
 
 The official loader is a ``DistributedSampler(pad=True)`` per GPU (each of W processes gets
 ceil(N / W) of the N images) and a ``DataLoader(batch_size=b, drop_last=True)`` per process, so

@@ -1,6 +1,6 @@
 """
 The poly learning rate stepped per epoch, as the official training loop does
-(../shared/reference/official-sfnet.md section 4): ``LambdaLR(lambda e: (1 - e / E) ** p)``
+(lxtGH/SFSegNets@ba475ba optimizer.py and train.py): ``LambdaLR(lambda e: (1 - e / E) ** p)``
 stepped once at the *start* of every epoch, so epoch e (0-based) trains with
 ``lr * (1 - (e + 1) / E) ** p`` and the last epoch with 0. detectron2's ``WarmupPolyLR``
 (DeepLab project) is the per-iteration form ``lr * (1 - iter / max_iter) ** p``, the paper's

@@ -1,7 +1,7 @@
 """
 The deep-stem ResNet ("ResNet-D" in the SFNet code) at depths 18, 50 and 101, as the official
-SFSegNets code builds it (network/resnet_d.py + the 'variant D' edit in network/sfnet_resnet.py;
-../shared/reference/official-sfnet.md section 1.4):
+SFSegNets code builds it (lxtGH/SFSegNets@ba475ba network/resnet_d.py + the 'variant D' edit in
+network/sfnet_resnet.py; shapes measured by running lxtGH/SFSegNets@ba475ba):
 
 * stem: conv3x3(3->64, s2)+BN+ReLU, conv3x3(64->64)+BN+ReLU, conv3x3(64->128)+BN+ReLU,
   maxpool 3/2/1, so the first stage sees 128 channels (hence a 1x1 projection in res2 block 0

@@ -1,8 +1,7 @@
 """
 The DFNet backbones of "Partial Order Pruning" (Li et al., CVPR 2019), DF1 and DF2, built the
-way the official SFSegNets code builds them for SFNet-DF1 / SFNet-DF2 (network/dfnet.py,
-``dfnetv1`` / ``dfnetv2`` with ``stride=32``, used by network/sfnet_dfnet.py;
-../shared/reference/official-sfnet.md section 1.4).
+way the official SFSegNets code builds them for SFNet-DF1 / SFNet-DF2 (lxtGH/SFSegNets@ba475ba
+network/dfnet.py, ``dfnetv1`` / ``dfnetv2`` with ``stride=32``, used by network/sfnet_dfnet.py).
 
 Both versions share a two-conv stem and then stack ResNet BasicBlocks:
 

@@ -1,7 +1,7 @@
 """
 STDC backbones (STDCNet813 = "STDC1", STDCNet1446 = "STDC2") as the official SFSegNets code builds
-them for SFNet / SFNet-Lite (network/stdcnet.py used by network/sfnet_stdcnet.py;
-../shared/reference/official-sfnet.md section 1.4). Base width 64, 4 branches per block, the
+them for SFNet / SFNet-Lite (lxtGH/SFSegNets@ba475ba network/stdcnet.py used by
+network/sfnet_stdcnet.py). Base width 64, 4 branches per block, the
 "cat" block type, no ``conv_last``:
 
 * stem: ConvX(3->32, 3x3, s2) then ConvX(32->64, 3x3, s2); ConvX = conv (no bias) + norm + ReLU.

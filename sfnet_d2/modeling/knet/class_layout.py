@@ -2,12 +2,14 @@
 K-Net's class order from detectron2 dataset metadata.
 
 K-Net hard-wires "things first": internal labels ``[0, T)`` are thing classes and ``[T, T+S)`` stuff
-classes (one stuff kernel per stuff class, tied to its label), see ../shared/reference/knet.md
-section 10.1. detectron2's contiguous ids put things first for COCO panoptic but stuff first for
-Cityscapes panoptic (trainIds 0-10 stuff, 11-18 things). ``KNetClassLayout`` reads
-``thing_dataset_id_to_contiguous_id`` / ``stuff_dataset_id_to_contiguous_id`` and maps between the
-dataset's contiguous ids and the internal order (things, then stuff, each in increasing contiguous
-id), so the model has no dataset-specific cases.
+classes (one stuff kernel per stuff class, tied to its label), see ZwwWayne/K-Net@5e50ee5
+knet/det/utils.py ``sem2ins_masks``, knet/det/kernel_update_head.py and
+knet/det/kernel_iter_head.py ``get_panoptic``. detectron2's contiguous ids put things first for
+COCO panoptic but stuff first for Cityscapes panoptic (trainIds 0-10 stuff, 11-18 things).
+``KNetClassLayout`` reads ``thing_dataset_id_to_contiguous_id`` /
+``stuff_dataset_id_to_contiguous_id`` and maps between the dataset's contiguous ids and the
+internal order (things, then stuff, each in increasing contiguous id), so the model has no
+dataset-specific cases.
 """
 from typing import List
 

@@ -1,5 +1,7 @@
 """
-K-Net's training targets and losses (../shared/reference/knet.md sections 2.3, 3.3, 6).
+K-Net's training targets and losses (ZwwWayne/K-Net@5e50ee5 knet/det/kernel_head.py ``loss``,
+knet/det/kernel_iter_head.py, knet/det/kernel_update_head.py ``loss`` / ``_get_target_single``,
+knet/det/knet.py ``forward_train`` and knet/det/utils.py).
 
 Ground truth per image (``prepare_targets``): thing instance masks and one mask per stuff class
 present (the union of its segments), zero-padded to the padded batch size and resized bilinearly

@@ -1,6 +1,6 @@
 """
 K-Net panoptic inference (official ``KernelIterHead.get_panoptic`` / ``merge_stuff_thing``;
-../shared/reference/knet.md section 4), on the last stage's outputs of one image:
+ZwwWayne/K-Net@5e50ee5 knet/det/kernel_iter_head.py), on the last stage's outputs of one image:
 
 * class scores ``s = sigmoid(cls_logits)``; each thing kernel takes its best THING class, each stuff
   kernel the score of its OWN stuff class (stuff kernel j <-> internal class T + j);

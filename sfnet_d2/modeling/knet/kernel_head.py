@@ -2,7 +2,8 @@
 From the SFNet neck's fused map to K-Net's kernel features and initial kernels.
 
 ``KernelFeatureBranches`` stands where K-Net's ``SemanticFPNWrapper`` + the kernel head's
-``loc_convs`` / ``seg_convs`` stand (../shared/reference/knet.md sections 2.1-2.2). K-Net's wrapper
+``loc_convs`` / ``seg_convs`` stand (ZwwWayne/K-Net@5e50ee5 knet/det/semantic_fpn_wrapper.py,
+knet/det/kernel_head.py ``_decode_init_proposals``). K-Net's wrapper
 sums four FPN levels into one stride-8 map; the SFNet neck has already fused (and flow-aligned) all
 levels into one stride-4 map, so a single 3x3 stride-2 ConvModule (the op K-Net applies to its
 stride-4 level P2) brings it to the kernel width and stride 8, the sine positional encoding is added

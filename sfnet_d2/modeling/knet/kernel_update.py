@@ -1,6 +1,6 @@
 """
 One K-Net kernel-update stage (official ``KernelUpdateHead`` + ``KernelUpdator`` with 1x1 kernels;
-../shared/reference/knet.md section 3.1):
+ZwwWayne/K-Net@5e50ee5 knet/det/kernel_update_head.py and knet/kernel_updator.py):
 
 1. ``x = feat_transform(x_feats)`` (1x1 conv with bias), applied to the ORIGINAL kernel features at
    every stage;

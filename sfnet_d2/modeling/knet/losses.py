@@ -1,6 +1,8 @@
 """
-The loss functions of K-Net, as mmdet 2.x computes them (../shared/reference/knet.md sections 2.3,
-3.3 and 8). Each returns an unweighted scalar; the criterion multiplies by the loss weights.
+The loss functions of K-Net, as mmdet 2.x computes them (configured in ZwwWayne/K-Net@5e50ee5
+configs/det/_base_/models/knet_s3_r50_fpn_panoptic.py; mmdet/models/losses/focal_loss.py,
+cross_entropy_loss.py, dice_loss.py and utils.py). Each returns an unweighted scalar; the
+criterion multiplies by the loss weights.
 
 * ``sigmoid_focal_loss``: mmdet ``FocalLoss(use_sigmoid=True)`` with integer labels
   (``num_classes`` = background = an all-zero one-hot row), an optional elementwise weight, summed

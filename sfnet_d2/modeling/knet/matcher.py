@@ -1,5 +1,6 @@
 """
-K-Net's ``MaskHungarianAssigner`` (../shared/reference/knet.md section 3.4): one-to-one assignment
+K-Net's ``MaskHungarianAssigner`` (ZwwWayne/K-Net@5e50ee5 knet/det/mask_hungarian_assigner.py;
+``FocalLossCost`` from mmdet/core/bbox/match_costs/match_cost.py): one-to-one assignment
 of thing kernels to ground-truth thing masks minimising
 
     cls_cost  * FocalLossCost(cls logits, gt labels)    (only when class logits are given)

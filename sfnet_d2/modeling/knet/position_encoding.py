@@ -1,6 +1,8 @@
 """
 DETR-style sine positional encoding (what K-Net adds to its kernel features through mmdet's
-``SinePositionalEncoding(num_feats=128, normalize=True)``, ../shared/reference/knet.md section 2.1).
+``SinePositionalEncoding(num_feats=128, normalize=True)`` of
+mmdet/models/utils/positional_encoding.py, used in ZwwWayne/K-Net@5e50ee5
+knet/det/semantic_fpn_wrapper.py).
 
 For an all-valid (N, C, H, W) map with C = 2 * num_feats: the row index y and column index x
 (1-based cumulative counts) are normalised to (0, 2*pi] with ``y / (H + eps) * 2*pi``, divided by

@@ -1,7 +1,8 @@
 """
 What ``projects/SFNet/train_net.py`` needs for the K-Net meta-architecture ("SFNetKNet"): data
 loaders with the panoptic mapper, the evaluators, and K-Net's optimizer
-(../shared/reference/knet.md section 5):
+(ZwwWayne/K-Net@5e50ee5 configs/det/common/mstrain_3x_coco_panoptic.py and
+configs/det/_base_/schedules/schedule_1x.py):
 
 * AdamW (SOLVER.KNET.OPTIMIZER), SOLVER.BASE_LR, SOLVER.WEIGHT_DECAY, the learning rate of every
   parameter under ``backbone.`` multiplied by SOLVER.KNET.BACKBONE_MULTIPLIER (mmcv
