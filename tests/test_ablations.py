@@ -8,11 +8,11 @@ from detectron2.modeling import FPN, build_model
 
 from conftest import make_cfg
 from sfnet_d2.modeling import DeepStemResNet
-from sfnet_d2.modeling.alignment import merge_coarse_into_fine
-from sfnet_d2.modeling.deform_align import DeformableAlignModule
-from sfnet_d2.modeling.feature_upsample import DeconvUpsample, NearestUpsample
-from sfnet_d2.modeling.flow_alignment import FlowAlignModule, GatedDualFlowAlignModule, flow_warp
-from sfnet_d2.modeling.neck import SFNetDecoder, SFNetLiteDecoder
+from sfnet_d2.modeling.alignment.build import merge_coarse_into_fine
+from sfnet_d2.modeling.alignment.deform_align import DeformableAlignModule
+from sfnet_d2.modeling.alignment.feature_upsample import DeconvUpsample, NearestUpsample
+from sfnet_d2.modeling.alignment.flow_alignment import FlowAlignModule, GatedDualFlowAlignModule, flow_warp
+from sfnet_d2.modeling.heads.neck import SFNetDecoder, SFNetLiteDecoder
 
 CONFIGS = "configs/cityscapes/semantic/"
 ABL = CONFIGS + "ablations/"

@@ -1,4 +1,4 @@
-"""Benchmark machinery (sfnet_d2/inference/benchmark.py, projects/SFNet/benchmark.py) and the
+"""Benchmark machinery (sfnet_d2/benchmark/timing.py, projects/SFNet/benchmark.py) and the
 per-module FLOP breakdown against the official figures (official-sfnet.md section 3)."""
 import json
 import os
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from sfnet_d2.inference.memory import keep_memory_supported
-from sfnet_d2.inference.benchmark import (
+from sfnet_d2.deployment.memory import keep_memory_supported
+from sfnet_d2.benchmark.timing import (
     OtherProcessLoad,
     RunRecord,
     conv_gemm_task,
@@ -92,7 +92,7 @@ def test_other_process_load_sees_a_busy_child():
 # ------------------------------------------------------------------------------ FLOP breakdown
 def _breakdown(config, height, width):
     from detectron2.modeling import build_model
-    from sfnet_d2.inference.flops import count_network_flops, flop_breakdown
+    from sfnet_d2.benchmark.flops import count_network_flops, flop_breakdown
 
     model = build_model(make_cfg(CONFIGS + config))
     scale = (1024 * 2048) / (height * width)  # convolution FLOPs scale with the pixel count
@@ -162,7 +162,7 @@ def test_benchmark_command_small(tmp_path, demo_datasets):
 
 
 def test_isolated_tasks_run_in_a_worker_and_report_its_cpu_time_and_memory():
-    from sfnet_d2.inference.isolated_runs import ExternalRun, IsolatedTasks
+    from sfnet_d2.benchmark.isolated_runs import ExternalRun, IsolatedTasks
 
     work = {
         "busy": (sum, (range(4_000_000),)),  # pure CPU work in the worker

@@ -21,7 +21,7 @@ from sfnet_d2.data.datasets import (
 )
 from sfnet_d2.data.datasets.idd import rasterize_idd_label_ids
 from sfnet_d2.data.datasets.label_mapping import load_label_mapping
-from sfnet_d2.data.datasets.prepare import prepare_dataset, prepare_main
+from sfnet_d2.data.prepare import prepare_dataset, prepare_main
 
 H, W = 6, 8  # every synthetic image and label
 

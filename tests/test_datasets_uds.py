@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 import check_uds
 from sfnet_d2.data.datasets import PAPER_TABLE2, check_uds as run_check
 from sfnet_d2.data.datasets import uds
-from sfnet_d2.data.datasets.prepare import prepare_dataset
+from sfnet_d2.data.prepare import prepare_dataset
 from test_datasets_loaders import make_bdd, make_cityscapes, make_idd, make_mapillary, registered_root  # noqa: F401
 
 # (train, val) images per part in the synthetic root

@@ -1,5 +1,5 @@
 """
-Inference protocols (sfnet_d2/modeling/test_time.py): sliding-window placement and averaging on
+Inference protocols (sfnet_d2/modeling/test_time_augmentation.py): sliding-window placement and averaging on
 hand-computed cases, flip and multi-scale on a model that is neither flip- nor scale-invariant,
 exact agreement with whole-image inference on a model whose logits depend on the pixel value
 only, and train_net's --eval-only / Trainer.test honouring TEST.SFNET.*.
@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import ROOT, make_cfg
-from sfnet_d2.modeling.test_time import (
+from sfnet_d2.modeling.test_time_augmentation import (
     SemanticSegmentorWithTTA,
     wrap_with_inference_protocol,
     resize_image,

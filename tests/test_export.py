@@ -12,7 +12,7 @@ from conftest import make_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
-from sfnet_d2.export import (
+from sfnet_d2.deployment import (
     ExportVerificationError,
     StaticAdaptiveAvgPool2d,
     adaptive_pool_matrix,
@@ -24,7 +24,7 @@ from sfnet_d2.export import (
     load_images_for_export,
     verify_export,
 )
-from sfnet_d2.modeling.flow_alignment import flow_warp
+from sfnet_d2.modeling.alignment.flow_alignment import flow_warp
 
 HEIGHT, WIDTH = 64, 128
 CONFIGS = {

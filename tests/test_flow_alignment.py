@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfnet_d2.modeling.flow_alignment import FlowAlignModule, GatedDualFlowAlignModule, flow_warp
+from sfnet_d2.modeling.alignment.flow_alignment import FlowAlignModule, GatedDualFlowAlignModule, flow_warp
 
 
 def _shift_flow_value(pixels: float, width: int) -> float:

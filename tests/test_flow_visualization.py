@@ -10,7 +10,7 @@ from conftest import make_cfg
 from detectron2.modeling import build_model
 from PIL import Image
 
-from sfnet_d2.flow_visualization import (
+from sfnet_d2.visualization.flow import (
     color_wheel,
     color_wheel_image,
     draw_flow_arrows,
@@ -19,7 +19,7 @@ from sfnet_d2.flow_visualization import (
     record_alignments,
     save_flow_pictures,
 )
-from sfnet_d2.modeling.flow_alignment import flow_warp
+from sfnet_d2.modeling.alignment.flow_alignment import flow_warp
 
 
 def _color(u, v, max_magnitude=1.0):

@@ -1,4 +1,4 @@
-"""The gather form of the flow warp (sfnet_d2/modeling/gather_warp.py) against F.grid_sample, a
+"""The gather form of the flow warp (sfnet_d2/modeling/alignment/gather_warp.py) against F.grid_sample, a
 hand-computed case, and the FAM / GD-FAM modules with and without it (every ablation variant)."""
 import copy
 
@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_cfg
-from sfnet_d2.inference import optimize_model, use_gather_warp
-from sfnet_d2.modeling.flow_alignment import FlowAlignModule, GatedDualFlowAlignModule
-from sfnet_d2.modeling.gather_warp import bilinear_taps, gather_taps
+from sfnet_d2.deployment import optimize_model, use_gather_warp
+from sfnet_d2.modeling.alignment.flow_alignment import FlowAlignModule, GatedDualFlowAlignModule
+from sfnet_d2.modeling.alignment.gather_warp import bilinear_taps, gather_taps
 
 
 def _gather_sample(feature, grid, align_corners):

@@ -1,4 +1,4 @@
-"""MODEL.SFNET.INFERENCE.KEEP_MEMORY (sfnet_d2/inference/memory.py): repeated calls stop paying
+"""MODEL.SFNET.INFERENCE.KEEP_MEMORY (sfnet_d2/deployment/memory.py): repeated calls stop paying
 page faults for their large activations, results are unchanged, the malloc setting is scoped,
 and a user's own malloc configuration is respected.
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from sfnet_d2.inference import memory as memory_module
-from sfnet_d2.inference import optimize_model
+from sfnet_d2.deployment import memory as memory_module
+from sfnet_d2.deployment import optimize_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 _CHILD = r"""
 import json, resource, sys, torch
 sys.path.insert(0, {root!r})
-from sfnet_d2.inference.memory import kept_memory
+from sfnet_d2.deployment.memory import kept_memory
 torch.set_num_threads(1)
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
@@ -134,7 +134,7 @@ def test_optimized_model_uses_kept_memory_per_config(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    from sfnet_d2.inference import model as model_module
+    from sfnet_d2.deployment import optimized_model as model_module
 
     monkeypatch.setattr(model_module, "kept_memory", Spy)
     cfg = make_cfg("configs/cityscapes/semantic/sfnet_lite_R18.yaml")

@@ -1,7 +1,7 @@
 """K-Net panoptic inference on hand-built kernels: scores, thresholds, overlap, VOID, no stuff limit."""
 import torch
 
-from sfnet_d2.modeling.knet import kernel_scores_and_labels, panoptic_merge, semantic_from_kernels
+from sfnet_d2.modeling.meta_arch.knet import kernel_scores_and_labels, panoptic_merge, semantic_from_kernels
 
 BIG = 20.0  # logit of a confident yes
 

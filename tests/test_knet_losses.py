@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from sfnet_d2.modeling.knet import dice_loss, mask_bce_loss, rank_loss, sigmoid_focal_loss
-from sfnet_d2.modeling.knet.criterion import _rank_targets
-from sfnet_d2.modeling.knet.losses import IGNORE_INDEX
+from sfnet_d2.modeling.meta_arch.knet import dice_loss, mask_bce_loss, rank_loss, sigmoid_focal_loss
+from sfnet_d2.modeling.meta_arch.knet.criterion import _rank_targets
+from sfnet_d2.modeling.meta_arch.knet.losses import IGNORE_INDEX
 
 
 def _sig(x):

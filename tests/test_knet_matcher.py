@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sfnet_d2.modeling.knet import MaskHungarianMatcher, dice_cost, focal_cost, mask_cost
+from sfnet_d2.modeling.meta_arch.knet import MaskHungarianMatcher, dice_cost, focal_cost, mask_cost
 
 
 def test_costs_on_a_hand_computed_case():

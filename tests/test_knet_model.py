@@ -7,7 +7,7 @@ import torch
 from detectron2.structures import BitMasks, Instances
 
 from conftest import make_cfg
-from sfnet_d2.modeling.knet import (InitialKernelHead, KernelUpdateStage, KNetClassLayout,
+from sfnet_d2.modeling.meta_arch.knet import (InitialKernelHead, KernelUpdateStage, KNetClassLayout,
                                     SinePositionalEncoding)
 
 

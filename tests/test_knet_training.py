@@ -13,9 +13,9 @@ from PIL import Image
 
 from conftest import ROOT, make_cfg
 from sfnet_d2.data import KNetPanopticDatasetMapper, ensure_demo_panoptic
-from sfnet_d2.data.panoptic_datasets import (register_cityscapes_panoptic,
+from sfnet_d2.data.datasets.panoptic import (register_cityscapes_panoptic,
                                              register_coco_panoptic_by_paths)
-from sfnet_d2.modeling.knet.training import build_knet_evaluator, build_knet_optimizer
+from sfnet_d2.modeling.meta_arch.knet.training import build_knet_evaluator, build_knet_optimizer
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny tensors

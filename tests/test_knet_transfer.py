@@ -3,8 +3,8 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from sfnet_d2.modeling.knet import KNetClassLayout
-from sfnet_d2.modeling.knet.weight_transfer import (CLASS_DEPENDENT_PATTERN, match_classes_by_name,
+from sfnet_d2.modeling.meta_arch.knet import KNetClassLayout
+from sfnet_d2.converters.knet_class_transfer import (CLASS_DEPENDENT_PATTERN, match_classes_by_name,
                                                     transfer_knet_weights)
 from test_knet_model import _tiny_cfg  # noqa: E402
 

@@ -12,7 +12,7 @@ from torch import nn
 from conftest import make_cfg
 from sfnet_d2.modeling.backbone.mit import (MIT_LAYOUTS, DropPath, EfficientSelfAttention,
                                             MixVisionTransformer, drop_path_rates)
-from sfnet_d2.modeling.segformer_head import SegFormerHead
+from sfnet_d2.modeling.heads.segformer_head import SegFormerHead
 
 
 def _num_params(module):

@@ -1,4 +1,4 @@
-"""MiT / SegFormer weight conversion (sfnet_d2/checkpoint/mit_converter.py, convert_mit.py): files
+"""MiT / SegFormer weight conversion (sfnet_d2/converters/mit_converter.py, convert_mit.py): files
 in the official NVlabs/SegFormer layout and in the transformers layout, written here from a random
 model by a key mapping of the test's own, are converted, loaded and compared, output against
 output; the official-layout encoder is also run by an independent functional implementation of the
@@ -14,7 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from conftest import ROOT, make_cfg
-from sfnet_d2.checkpoint.mit_converter import (ConversionError, convert_mit_state_dict,
+from sfnet_d2.converters.mit_converter import (ConversionError, convert_mit_state_dict,
                                                detect_mit_layout, infer_mit_variant,
                                                mit_target_shapes, read_mit_checkpoint)
 from sfnet_d2.modeling.backbone.mit import MIT_LAYOUTS

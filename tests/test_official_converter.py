@@ -10,7 +10,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from conftest import ROOT, make_cfg
-from sfnet_d2.checkpoint import (
+from sfnet_d2.converters import (
     OFFICIAL_ARCHS,
     ConversionError,
     convert_official_state_dict,

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sfnet_d2.modeling.losses import ohem_cross_entropy, ohem_keep_mask
+from sfnet_d2.modeling.heads.losses import ohem_cross_entropy, ohem_keep_mask
 
 
 def _logits_for_probs(p_gt):

@@ -1,4 +1,4 @@
-"""The optimised inference path (sfnet_d2/inference): BatchNorm folding, pooling rewrite, the
+"""The optimised inference path (sfnet_d2/deployment): BatchNorm folding, pooling rewrite, the
 warp's cached base grid, and the optimised model's logits against the plain eager model's."""
 import logging
 
@@ -11,8 +11,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from torch import nn
 
 from conftest import make_cfg
-from sfnet_d2.modeling.static_pooling import StaticAdaptiveAvgPool2d
-from sfnet_d2.inference import (
+from sfnet_d2.deployment.static_pooling import StaticAdaptiveAvgPool2d
+from sfnet_d2.deployment import (
     OptimizedSemanticSegmentor,
     build_inference_model,
     fold_batchnorm,
@@ -20,8 +20,8 @@ from sfnet_d2.inference import (
     resize_logits,
     strip_training_only_modules,
 )
-from sfnet_d2.modeling import flow_alignment
-from sfnet_d2.modeling.flow_alignment import _base_grid, flow_warp
+from sfnet_d2.modeling.alignment import flow_alignment
+from sfnet_d2.modeling.alignment.flow_alignment import _base_grid, flow_warp
 
 CONFIGS = "configs/cityscapes/semantic/"
 
@@ -209,7 +209,7 @@ def test_sizes_beyond_the_compiled_limit_run_eagerly(caplog):
     small, other = (torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8),
                     torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8))
     _logits(optimized, small)
-    with caplog.at_level(logging.WARNING, logger="sfnet_d2.inference.model"):
+    with caplog.at_level(logging.WARNING, logger="sfnet_d2.deployment.optimized_model"):
         got = _logits(optimized, other)
     assert len(optimized._compiled) == 1 and "run eagerly" in caplog.text
     assert (got - _logits(model, other)).abs().max().item() < 1e-4

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from sfnet_d2.config_checks import ConfigConsistencyError, check_config
+from sfnet_d2.config.checks import ConfigConsistencyError, check_config
 from train_net import build_config
 
 LITE = "configs/cityscapes/semantic/sfnet_lite_R18.yaml"

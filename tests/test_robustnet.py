@@ -16,7 +16,7 @@ from conftest import ROOT, make_cfg
 from sfnet_d2.engine import SFNetCheckpointer
 from sfnet_d2.engine.robustnet_mask import PhotometricPairMapper, compute_isw_masks
 from sfnet_d2.modeling.backbone import DeepStemResNet, STDCNet
-from sfnet_d2.modeling.robustnet import (
+from sfnet_d2.modeling.backbone.robustnet import (
     WHITENING_LOSS_KEY, InstanceWhitening, covariance_pair_variance, instance_covariance,
     kmeans_1d, record_whitened_features, robustnet_whitening_loss, select_sensitive_covariances,
     strict_upper_mask, whitening_loss, whitening_modules)
@@ -402,7 +402,7 @@ def test_table17_configs_test_on_three_datasets_and_match_results_md():
 
 
 def test_optimised_inference_of_an_isw_model_equals_the_eager_model():
-    from sfnet_d2.inference import optimize_model
+    from sfnet_d2.deployment import optimize_model
 
     torch.manual_seed(0)
     model = build_model(make_cfg(f"{CONFIG_DIR}/isw_sfnet_lite_R18.yaml")).eval()

@@ -11,8 +11,8 @@ from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params
 
 from conftest import make_cfg
-from sfnet_d2.inference import build_inference_model
-from sfnet_d2.modeling.segformer_head import SegFormerHead
+from sfnet_d2.deployment import build_inference_model
+from sfnet_d2.modeling.heads.segformer_head import SegFormerHead
 from sfnet_d2.solver import build_lr_scheduler
 from sfnet_d2.solver.optimizer import build_sfnet_optimizer, uses_sfnet_optimizer
 

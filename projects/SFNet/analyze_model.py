@@ -20,7 +20,7 @@ from fvcore.nn import flop_count_table
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
 
-from sfnet_d2.inference.flops import count_network_flops, flop_breakdown  # noqa: E402
+from sfnet_d2.benchmark.flops import count_network_flops, flop_breakdown  # noqa: E402
 
 
 def analyze(cfg, height: int, width: int):

@@ -45,12 +45,12 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
 
-from sfnet_d2.inference import (  # noqa: E402
+from sfnet_d2.deployment import (  # noqa: E402
     OptimizedSemanticSegmentor,
     SemanticNetwork,
     optimize_model,
 )
-from sfnet_d2.inference.benchmark import (  # noqa: E402
+from sfnet_d2.benchmark.timing import (  # noqa: E402
     CLEAN_OTHER_CORES,
     PeakMemory,
     peak_memory_of,
@@ -61,9 +61,9 @@ from sfnet_d2.inference.benchmark import (  # noqa: E402
     round_robin,
     summarize,
 )
-from sfnet_d2.inference.isolated_runs import IsolatedTasks  # noqa: E402
-from sfnet_d2.inference.memory import kept_memory, keep_memory_supported  # noqa: E402
-from sfnet_d2.inference.flops import count_network_flops  # noqa: E402
+from sfnet_d2.benchmark.isolated_runs import IsolatedTasks  # noqa: E402
+from sfnet_d2.deployment.memory import kept_memory, keep_memory_supported  # noqa: E402
+from sfnet_d2.benchmark.flops import count_network_flops  # noqa: E402
 
 logger = logging.getLogger("sfnet_d2.benchmark")
 
@@ -115,7 +115,7 @@ def build_modes(cfg, model: torch.nn.Module, names, device) -> (List[Mode], Dict
         if name == "eager-kept-memory":
             if device.type != "cpu" or not keep_memory_supported():
                 skipped[name] = ("kept memory is a glibc CPU allocator setting "
-                                 "(sfnet_d2/inference/memory.py); not available here")
+                                 "(sfnet_d2/deployment/memory.py); not available here")
                 continue
             modes.append(Mode(name, model, network_of(model),
                               "plain model, eager, large blocks from a kept heap", True))

@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import torch
 
-from sfnet_d2.checkpoint.mit_converter import (
+from sfnet_d2.converters.mit_converter import (
     ConversionError,
     convert_mit_state_dict,
     detect_mit_layout,
@@ -31,7 +31,7 @@ from sfnet_d2.checkpoint.mit_converter import (
     read_mit_checkpoint,
 )
 from sfnet_d2.modeling.backbone.mit import MIT_LAYOUTS, MixVisionTransformer
-from sfnet_d2.modeling.segformer_head import SegFormerHead
+from sfnet_d2.modeling.heads.segformer_head import SegFormerHead
 
 # Our configs per variant, for the message after converting.
 _CONFIGS = {"B0": ("segformer_B0.yaml", "sfnet_lite_MiT_B0.yaml"),

@@ -24,7 +24,7 @@ from detectron2.modeling import build_model
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
 
-from sfnet_d2.checkpoint import (  # noqa: E402
+from sfnet_d2.converters import (  # noqa: E402
     ConversionError,
     convert_official_state_dict,
     read_official_checkpoint,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
 
-from sfnet_d2.visualization import concat_side_by_side, draw_prediction  # noqa: E402
+from sfnet_d2.visualization.overlays import concat_side_by_side, draw_prediction  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -44,7 +44,7 @@ logger = logging.getLogger("sfnet_d2.demo")
 def setup_model(config_file: str, opts=(), device: str = "cpu", optimize: bool = True):
     """The config (``MODEL.DEVICE`` = ``device``), the eval-mode model with ``MODEL.WEIGHTS``
     loaded, and the model to run inference with: with ``optimize``, the optimised copy of
-    ``sfnet_d2.inference`` when ``MODEL.SFNET.INFERENCE.OPTIMIZE`` is on, else the model."""
+    ``sfnet_d2.deployment`` when ``MODEL.SFNET.INFERENCE.OPTIMIZE`` is on, else the model."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file {config_file} does not exist")
     opts = list(opts)
@@ -64,7 +64,7 @@ def _inference_model(cfg, model):
     inference = getattr(cfg.MODEL.SFNET, "INFERENCE", None)
     if inference is None or not inference.OPTIMIZE:
         return model
-    from sfnet_d2.inference import build_inference_model
+    from sfnet_d2.deployment import build_inference_model
 
     logger.info("Using the optimised inference path (MODEL.SFNET.INFERENCE.*; set "
                 "MODEL.SFNET.INFERENCE.OPTIMIZE False for the plain model)")
@@ -93,7 +93,7 @@ def to_rgb(image: np.ndarray, input_format: str) -> np.ndarray:
     return utils.convert_image_to_rgb(image, input_format)
 
 
-# --- drawing (sfnet_d2/visualization.py) -----------------------------------------------------
+# --- drawing (sfnet_d2/visualization/overlays.py) -----------------------------------------------------
 
 def run_on_image(model, image: np.ndarray, input_format: str, metadata, alpha=0.6,
                  min_size: int = 0, max_size: int = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import build_config  # noqa: E402
 
-from sfnet_d2.export import (  # noqa: E402
+from sfnet_d2.deployment import (  # noqa: E402
     DEFAULT_ONNX_OPSET,
     MIN_ONNX_OPSET,
     ExportVerificationError,

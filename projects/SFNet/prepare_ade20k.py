@@ -10,7 +10,7 @@ ROOT/annotations_detectron2/{training,validation}/*.png (classes 0..149, other -
 detectron2's ade20k_sem_seg_{train,val}. ROOT defaults to $DETECTRON2_DATASETS/ADEChallengeData2016.
 Existing outputs are kept unless --overwrite. See docs/DATASETS.md.
 """
-from sfnet_d2.data.datasets.prepare import prepare_main
+from sfnet_d2.data.prepare import prepare_main
 
 if __name__ == "__main__":
     prepare_main("ade20k", __doc__)

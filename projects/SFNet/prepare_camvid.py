@@ -10,7 +10,7 @@ ROOT/{train,val,test}annot_ignore255/*.png, read by camvid_sem_seg_{train,val,te
 ROOT defaults to $DETECTRON2_DATASETS/CamVid. Existing outputs are kept unless --overwrite.
 See docs/DATASETS.md.
 """
-from sfnet_d2.data.datasets.prepare import prepare_main
+from sfnet_d2.data.prepare import prepare_main
 
 if __name__ == "__main__":
     prepare_main("camvid", __doc__)

@@ -13,7 +13,7 @@ With --from-label-ids it remaps *_gtFine_labelids.png made by IDD's toolkit (`--
 instead, as the official SFNet code does. ROOT defaults to $DETECTRON2_DATASETS/IDD_Segmentation.
 Existing outputs are kept unless --overwrite. See docs/DATASETS.md.
 """
-from sfnet_d2.data.datasets.prepare import prepare_main
+from sfnet_d2.data.prepare import prepare_main
 
 
 def _extra(parser):

@@ -12,7 +12,7 @@ ROOT defaults to $DETECTRON2_DATASETS/mapillary_vistas. If ROOT/config.json (or 
 exists, its label list is checked against the mapping first. Existing outputs are kept unless
 --overwrite. See docs/DATASETS.md.
 """
-from sfnet_d2.data.datasets.prepare import prepare_main
+from sfnet_d2.data.prepare import prepare_main
 
 if __name__ == "__main__":
     prepare_main("mapillary", __doc__)

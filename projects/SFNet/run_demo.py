@@ -27,7 +27,7 @@ from make_demo_data import default_root  # noqa: E402
 from train_net import Trainer, setup  # noqa: E402
 
 from sfnet_d2.data import demo_data_is_complete, generate_demo_cityscapes  # noqa: E402
-from sfnet_d2.visualization import draw_semantic_side_by_side  # noqa: E402
+from sfnet_d2.visualization.overlays import draw_semantic_side_by_side  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "demo",

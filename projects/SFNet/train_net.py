@@ -25,16 +25,16 @@ from detectron2.utils.logger import setup_logger
 import sfnet_d2  # noqa: F401  (registers the SFNet backbones, heads and datasets)
 from sfnet_d2 import add_sfnet_config
 from sfnet_d2.data import SFNetSemanticDatasetMapper, build_sfnet_train_loader
-from sfnet_d2.config_checks import check_config
+from sfnet_d2.config.checks import check_config
 from sfnet_d2.data.train_stream import SkipCollectingLoader
 from sfnet_d2.engine import (SFNetCheckpointer, SkippedSamplesReport, StepSeedHook,
                              install_nonfinite_loss_guard)
 from sfnet_d2.engine.robustnet_mask import ISWMaskHook
 from sfnet_d2.evaluation import CityscapesSubmissionWriter
-from sfnet_d2.inference import build_inference_model
-from sfnet_d2.modeling.knet import training as knet_training
-from sfnet_d2.modeling.robustnet import check_robustnet_applied
-from sfnet_d2.modeling.test_time import wrap_with_inference_protocol
+from sfnet_d2.deployment import build_inference_model
+from sfnet_d2.modeling.meta_arch.knet import training as knet_training
+from sfnet_d2.modeling.backbone.robustnet import check_robustnet_applied
+from sfnet_d2.modeling.test_time_augmentation import wrap_with_inference_protocol
 from sfnet_d2.solver import build_lr_scheduler, resolve_epoch_schedule
 from sfnet_d2.solver.optimizer import build_sfnet_optimizer, uses_sfnet_optimizer
 

@@ -3,7 +3,7 @@
 The paper's panoptic recipe in one command (section 4.5): stage 1 trains K-Net on COCO panoptic,
 stage 2 fine-tunes it on Cityscapes panoptic, initialised from stage 1's final checkpoint with the
 class-dependent weights transferred by class name (MODEL.KNET.TRANSFER_CLASS_WEIGHTS of the stage-2
-config; sfnet_d2/modeling/knet/weight_transfer.py). docs/PANOPTIC.md.
+config; sfnet_d2/converters/knet_class_transfer.py). docs/PANOPTIC.md.
 
     python projects/SFNet/train_panoptic_pipeline.py \\
         --stage1-config configs/coco/panoptic/knet_sfnet_R50.yaml \\
@@ -35,9 +35,9 @@ from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from sfnet_d2.data import ensure_demo_panoptic, register_coco_panoptic_by_paths  # noqa: E402
-from sfnet_d2.data.panoptic_datasets import DEMO_COCO_PANOPTIC_ROOT_NAME  # noqa: E402
+from sfnet_d2.data.datasets.panoptic import DEMO_COCO_PANOPTIC_ROOT_NAME  # noqa: E402
 from sfnet_d2.engine import atomic_write_bytes  # noqa: E402
-from sfnet_d2.modeling.knet.weight_transfer import transfer_checkpoint  # noqa: E402
+from sfnet_d2.converters.knet_class_transfer import transfer_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_STAGE1 = os.path.join(ROOT, "configs/demo/knet_sfnet_STDC1_demo_coco.yaml")

@@ -32,9 +32,9 @@ from demo import (  # noqa: E402
     to_rgb,
 )
 
-from sfnet_d2.export.verification import list_images  # noqa: E402
-from sfnet_d2.flow_visualization import record_alignments, save_flow_pictures  # noqa: E402
-from sfnet_d2.visualization import draw_prediction  # noqa: E402
+from sfnet_d2.deployment.verification import list_images  # noqa: E402
+from sfnet_d2.visualization.flow import record_alignments, save_flow_pictures  # noqa: E402
+from sfnet_d2.visualization.overlays import draw_prediction  # noqa: E402
 
 logger = logging.getLogger("sfnet_d2.visualize_flow")
 

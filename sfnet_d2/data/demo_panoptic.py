@@ -31,7 +31,7 @@ from contextlib import redirect_stdout
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .demo_data import _render_scene, demo_data_is_complete, generate_demo_cityscapes
+from sfnet_d2.data.demo_data import _render_scene, demo_data_is_complete, generate_demo_cityscapes
 
 __all__ = ["DEMO_COCO_PANOPTIC_CATEGORIES", "generate_demo_coco_panoptic",
            "add_cityscapes_panoptic_to_demo", "demo_coco_panoptic_is_complete",

@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from .train_stream import build_training_stream_loader, shuffled_index_stream
+from sfnet_d2.data.train_stream import build_training_stream_loader, shuffled_index_stream
 
 __all__ = [
     "label_centroids",

@@ -2,7 +2,7 @@
 The training-time half of RobustNet's instance selective whitening (ISW): the covariance
 statistics that decide which covariance elements are style-sensitive (official ``train.py``
 ``validate_for_cov_stat`` + ``network/cov_settings.py``; model side and loss in
-sfnet_d2/modeling/robustnet.py, user documentation in docs/ROBUSTNET.md).
+sfnet_d2/modeling/backbone/robustnet.py, user documentation in docs/ROBUSTNET.md).
 
 **Two views of one image.** ISW needs, for each image, the image as it is and a photometrically
 changed copy (official ``CityScapesAug``: the full training image, once unchanged and once through
@@ -38,11 +38,11 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.transforms import RandomColorJitter, RandomGaussianBlur
-from ..modeling.robustnet import (covariance_pair_variance, instance_covariance,
+from sfnet_d2.data.transforms import RandomColorJitter, RandomGaussianBlur
+from sfnet_d2.modeling.backbone.robustnet import (covariance_pair_variance, instance_covariance,
                                   record_whitened_features, select_sensitive_covariances,
                                   whitening_modules)
-from ..solver.epochs import resolve_iters_per_epoch
+from sfnet_d2.solver.epochs import resolve_iters_per_epoch
 
 __all__ = ["PhotometricPairMapper", "compute_isw_masks", "ISWMaskHook"]
 

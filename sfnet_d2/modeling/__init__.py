@@ -1,13 +1,15 @@
-from .backbone import DeepStemResNet, build_deep_stem_resnet_backbone
-from .flow_alignment import FlowAlignModule, GatedDualFlowAlignModule, flow_warp
-from .losses import ohem_cross_entropy, ohem_keep_mask
-from .neck import SFNET_NECK_REGISTRY, SFNetDecoder, SFNetLiteDecoder, build_sfnet_neck
-from .ppm import PyramidPoolingModule
-from .sem_seg_head import SFNetHead, SFNetLiteHead
-# Ablation variants (docs/ABLATIONS.md): FCN baseline head, Semantic-FPN backbone builder.
-from .fcn import FCNHead, FCNNeck
-from .semantic_fpn import build_sfnet_fpn_backbone
-# SegFormer's all-MLP decoder, the baseline head on the MiT backbones (docs/TRANSFORMERS.md).
-from .segformer_head import SegFormerHead
-from .test_time import SemanticSegmentorWithTTA, wrap_with_inference_protocol
-from . import knet  # noqa: F401  (registers the SFNetKNet panoptic meta-architecture)
+"""
+Models, registered in detectron2's registries when imported: backbones (``backbone``), alignment
+modules (``alignment``), necks and heads (``heads``), meta-architectures (``meta_arch``) and the
+evaluation protocols, named as detectron2 names test-time augmentation
+(``test_time_augmentation``).
+"""
+from sfnet_d2.modeling.backbone import DeepStemResNet, build_deep_stem_resnet_backbone
+from sfnet_d2.modeling.alignment import FlowAlignModule, GatedDualFlowAlignModule, flow_warp
+from sfnet_d2.modeling.heads import (SFNET_NECK_REGISTRY, FCNHead, FCNNeck, PyramidPoolingModule,
+                                     SegFormerHead, SFNetDecoder, SFNetHead, SFNetLiteDecoder,
+                                     SFNetLiteHead, build_sfnet_fpn_backbone, build_sfnet_neck,
+                                     ohem_cross_entropy, ohem_keep_mask)
+from sfnet_d2.modeling.test_time_augmentation import (SemanticSegmentorWithTTA,
+                                                      wrap_with_inference_protocol)
+from sfnet_d2.modeling import meta_arch  # noqa: F401  (registers the meta-architectures)

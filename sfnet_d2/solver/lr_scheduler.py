@@ -13,7 +13,7 @@ import torch
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.solver.lr_scheduler import _get_warmup_factor_at_iter
 
-from .epochs import resolve_iters_per_epoch
+from sfnet_d2.solver.epochs import resolve_iters_per_epoch
 
 __all__ = ["WarmupPolyEpochLR", "build_lr_scheduler"]
 

@@ -21,10 +21,10 @@ camvid_sem_seg_{train,val,test}            11              camvid
 ade20k_sem_seg_{train,val}                 150             ade20k (detectron2's, checked)
 =========================================  ==============  ====================================
 """
-from .ade20k import load_ade20k_checked, register_ade20k
-from .bdd100k import find_bdd100k_files, load_bdd100k, register_bdd100k
-from .camvid import find_camvid_files, load_camvid, register_camvid
-from .cityscapes import (
+from sfnet_d2.data.datasets.ade20k import load_ade20k_checked, register_ade20k
+from sfnet_d2.data.datasets.bdd100k import find_bdd100k_files, load_bdd100k, register_bdd100k
+from sfnet_d2.data.datasets.camvid import find_camvid_files, load_camvid, register_camvid
+from sfnet_d2.data.datasets.cityscapes import (
     DEMO_ROOT_NAME,
     find_cityscapes_files,
     load_cityscapes_coarse,
@@ -32,15 +32,18 @@ from .cityscapes import (
     register_cityscapes,
     register_cityscapes_semantic,
 )
-from .common import DatasetLayoutError, cityscapes19_metadata, datasets_root
-from .idd import find_idd_19_files, load_idd_19, register_idd_19
-from .label_mapping import LabelMapping, load_label_mapping
-from .mapillary_vistas import (
+from sfnet_d2.data.datasets.common import DatasetLayoutError, cityscapes19_metadata, datasets_root
+from sfnet_d2.data.datasets.idd import find_idd_19_files, load_idd_19, register_idd_19
+from sfnet_d2.data.datasets.label_mapping import LabelMapping, load_label_mapping
+from sfnet_d2.data.datasets.mapillary_vistas import (
     find_mapillary_vistas_19_files,
     load_mapillary_vistas_19,
     register_mapillary_vistas_19,
 )
-from .uds import PAPER_TABLE2, check_uds, load_uds, register_uds
+from sfnet_d2.data.datasets.panoptic import (register_cityscapes_panoptic,
+                                            register_coco_panoptic_by_paths,
+                                            register_demo_panoptic)
+from sfnet_d2.data.datasets.uds import PAPER_TABLE2, check_uds, load_uds, register_uds
 
 __all__ = [
     "DEMO_ROOT_NAME",
@@ -65,6 +68,9 @@ __all__ = [
     "load_mapillary_vistas_19",
     "load_uds",
     "register_all_datasets",
+    "register_cityscapes_panoptic",
+    "register_coco_panoptic_by_paths",
+    "register_demo_panoptic",
     "register_cityscapes_semantic",
 ]
 
@@ -78,6 +84,7 @@ def register_all_datasets(root: str):
     register_uds(root)
     register_camvid(root)
     register_ade20k(root)
+    register_demo_panoptic(root)  # the panoptic demo sets (COCO and Cityscapes formats)
 
 
 register_all_datasets(datasets_root())

@@ -13,8 +13,8 @@ import numpy as np
 from detectron2.data.datasets import load_sem_seg
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
-from .common import DatasetLayoutError, IGNORE_LABEL, list_files, register_sem_seg, require_dir
-from .label_mapping import read_label_png
+from sfnet_d2.data.datasets.common import DatasetLayoutError, IGNORE_LABEL, list_files, register_sem_seg, require_dir
+from sfnet_d2.data.datasets.label_mapping import read_label_png
 
 __all__ = ["ADE20K_ROOT_NAME", "convert_ade20k_label", "load_ade20k_checked", "register_ade20k"]
 

@@ -12,7 +12,7 @@ download layouts are read, chosen per split by which label folder exists:
 import os
 from typing import Callable, List, Tuple
 
-from .common import (
+from sfnet_d2.data.datasets.common import (
     DatasetLayoutError,
     cityscapes19_metadata,
     list_files,

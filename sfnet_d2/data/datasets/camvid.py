@@ -12,7 +12,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .common import (
+from sfnet_d2.data.datasets.common import (
     IGNORE_LABEL,
     list_files,
     pair_images_with_labels,
@@ -20,7 +20,7 @@ from .common import (
     register_sem_seg_splits,
     require_dir,
 )
-from .label_mapping import load_label_mapping, read_label_png
+from sfnet_d2.data.datasets.label_mapping import load_label_mapping, read_label_png
 
 __all__ = ["CAMVID_ROOT_NAME", "CAMVID_MAPPING", "camvid_metadata", "convert_camvid_label",
            "find_camvid_files", "load_camvid", "register_camvid"]

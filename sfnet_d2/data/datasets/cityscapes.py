@@ -19,7 +19,7 @@ from typing import List, Tuple
 
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 
-from .common import (
+from sfnet_d2.data.datasets.common import (
     DatasetLayoutError,
     cityscapes19_metadata,
     list_files,

@@ -17,7 +17,7 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import (
+from sfnet_d2.data.datasets.common import (
     cityscapes19_metadata,
     list_files,
     pair_images_with_labels,
@@ -25,7 +25,7 @@ from .common import (
     register_sem_seg_splits,
     require_dir,
 )
-from .label_mapping import load_label_mapping, read_label_png
+from sfnet_d2.data.datasets.label_mapping import load_label_mapping, read_label_png
 
 __all__ = [
     "IDD_ROOT_NAME",

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .common import (
+from sfnet_d2.data.datasets.common import (
     DatasetLayoutError,
     cityscapes19_metadata,
     list_files,
@@ -21,7 +21,7 @@ from .common import (
     register_sem_seg_splits,
     require_dir,
 )
-from .label_mapping import load_label_mapping, read_label_png
+from sfnet_d2.data.datasets.label_mapping import load_label_mapping, read_label_png
 
 __all__ = [
     "MAPILLARY_ROOT_NAME",

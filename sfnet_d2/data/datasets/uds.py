@@ -16,12 +16,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .bdd100k import count_bdd100k_images, find_bdd100k_files, load_bdd100k
-from .cityscapes import _LAYOUT as CITYSCAPES_LAYOUT
-from .cityscapes import CITYSCAPES_ROOT_NAME, find_cityscapes_files, load_cityscapes_semantic_checked
-from .common import cityscapes19_metadata, list_files, register_sem_seg, require_dir
-from .idd import count_idd_images, find_idd_19_files, load_idd_19
-from .mapillary_vistas import (
+from sfnet_d2.data.datasets.bdd100k import count_bdd100k_images, find_bdd100k_files, load_bdd100k
+from sfnet_d2.data.datasets.cityscapes import _LAYOUT as CITYSCAPES_LAYOUT
+from sfnet_d2.data.datasets.cityscapes import CITYSCAPES_ROOT_NAME, find_cityscapes_files, load_cityscapes_semantic_checked
+from sfnet_d2.data.datasets.common import cityscapes19_metadata, list_files, register_sem_seg, require_dir
+from sfnet_d2.data.datasets.idd import count_idd_images, find_idd_19_files, load_idd_19
+from sfnet_d2.data.datasets.mapillary_vistas import (
     count_mapillary_vistas_images,
     find_mapillary_vistas_19_files,
     load_mapillary_vistas_19,

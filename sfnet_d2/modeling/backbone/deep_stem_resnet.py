@@ -11,7 +11,7 @@ network/sfnet_resnet.py; shapes measured by running lxtGH/SFSegNets@ba475ba):
   res5 **but keeps their strides**, so the output stride stays 32 (res2..res5 at 1/4..1/32).
 
 Option (off by default, ``MODEL.ROBUSTNET.*``): RobustNet's instance normalisation / whitening at
-the stem's last norm and at the output of a stage's last block (sfnet_d2/modeling/robustnet.py).
+the stem's last norm and at the output of a stage's last block (sfnet_d2/modeling/backbone/robustnet.py).
 """
 import re
 from typing import Dict, Optional, Sequence, Tuple
@@ -21,8 +21,8 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from ..robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
-from .stages import run_stages
+from sfnet_d2.modeling.backbone.robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
+from sfnet_d2.modeling.backbone.stages import run_stages
 
 __all__ = [
     "DeepStemResNet", "build_deep_stem_resnet_backbone", "official_resnet_key_map", "RESNET_DEPTHS"
@@ -133,7 +133,7 @@ class DeepStemResNet(Backbone):
     ):
         """``robustnet_*``: RobustNet's instance normalisation / whitening (mode "none", "is",
         "in", "iw", "isw") at ``robustnet_layers`` among "stem", "res2".."res5", and the weight
-        of its loss (sfnet_d2/modeling/robustnet.py)."""
+        of its loss (sfnet_d2/modeling/backbone/robustnet.py)."""
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(

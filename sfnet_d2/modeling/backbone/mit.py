@@ -25,7 +25,7 @@ network (official ``torch.linspace(0, drop_path_rate, sum(depths))``; 0.1 for ev
 Dropout is 0 everywhere, as in the released models.
 
 Not built: the ImageNet classifier (``head``) of the released ImageNet files, which the official
-segmentation model never uses either; ``sfnet_d2.checkpoint.mit_converter`` drops it.
+segmentation model never uses either; ``sfnet_d2.converters.mit_converter`` drops it.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -36,7 +36,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from .stages import run_stages
+from sfnet_d2.modeling.backbone.stages import run_stages
 
 __all__ = ["MiTLayout", "MIT_LAYOUTS", "DropPath", "OverlapPatchEmbed", "EfficientSelfAttention",
            "MixFFN", "MiTBlock", "MiTStage", "MixVisionTransformer", "build_mit_backbone"]

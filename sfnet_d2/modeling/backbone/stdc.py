@@ -27,7 +27,7 @@ every norm layer; with plain BN (or in a single process) the two are the same ne
 
 Option (off by default, ``MODEL.ROBUSTNET.*``): RobustNet's instance normalisation / whitening in
 place of the stem convs' norms and on the output of a stage's last block
-(sfnet_d2/modeling/robustnet.py).
+(sfnet_d2/modeling/backbone/robustnet.py).
 """
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -38,8 +38,8 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from ..robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
-from .stages import run_stages
+from sfnet_d2.modeling.backbone.robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
+from sfnet_d2.modeling.backbone.stages import run_stages
 
 __all__ = ["STDC_LAYOUTS", "CatBottleneck", "STDCNet", "build_stdc_backbone",
            "official_stdc_key_map"]

@@ -1,0 +1,278 @@
+"""
+The optimised inference model (config switch ``MODEL.SFNET.INFERENCE.OPTIMIZE``, on by default for
+evaluation, the benchmark, the demo and export; training always uses the plain model).
+
+``build_inference_model(cfg, model)`` returns a new module (the given model is left untouched)
+with the same ``forward(batched_inputs) -> [{"sem_seg": logits}]`` contract as detectron2's
+``SemanticSegmentor``, so evaluators and test-time wrappers use it unchanged. For a
+``SemanticSegmentor`` it is an :class:`OptimizedSemanticSegmentor`:
+
+* deep-supervision heads and dropout removed, BatchNorm folded into the convolutions
+  (``optimize.py``);
+* optionally the channels-last memory layout (oneDNN's native layout on CPU), with the FAM /
+  GD-FAM warps as weighted gathers of channels-last rows (modeling/gather_warp.py);
+* optionally the network (backbone + head, normalised image -> full-resolution logits) traced with
+  ``torch.jit.trace`` once per input size and frozen with ``torch.jit.freeze`` (constants folded,
+  conv + ReLU / conv + add fused by oneDNN), optionally with ``torch.jit.optimize_for_inference``;
+* optionally run in bfloat16 / float16 (weights and activations cast, logits returned in float32);
+* on CPU, large activations taken from a heap that keeps its memory between calls instead of
+  fresh, zero-filled pages each call (``KEEP_MEMORY``, memory.py);
+* the post-processing resize of ``sem_seg_postprocess`` skipped when the output size equals the
+  input size (it is an exact identity there, but a full-resolution copy of the logits).
+
+Pre-processing (``(x - mean) / std``, padding to ``size_divisibility``) is exactly
+``SemanticSegmentor``'s, so in float32 the logits equal the plain model's up to float rounding
+(summation order inside fused kernels; tested within 1e-4).
+For any other meta-architecture only the module rewrites are applied and its own forward is kept.
+"""
+import copy
+import logging
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import SemanticSegmentor
+from detectron2.structures import ImageList
+from torch import nn
+
+from sfnet_d2.deployment.static_pooling import replace_adaptive_avg_pooling
+from sfnet_d2.deployment.memory import kept_memory
+from sfnet_d2.deployment.optimize import (
+    fold_batchnorm,
+    strip_training_only_modules,
+    unfoldable_norms,
+    use_gather_warp,
+)
+
+__all__ = [
+    "SemanticNetwork",
+    "OptimizedSemanticSegmentor",
+    "optimize_model",
+    "build_inference_model",
+    "PRECISIONS",
+    "TORCHSCRIPT_LEVELS",
+]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "none": eager; "freeze": torch.jit.trace + torch.jit.freeze; "optimize": additionally
+# torch.jit.optimize_for_inference (oneDNN layout propagation on CPU).
+TORCHSCRIPT_LEVELS = ("none", "freeze", "optimize")
+
+
+class SemanticNetwork(nn.Module):
+    """Backbone + semantic head: normalised, padded images (N, 3, H, W) -> logits (N, K, H, W),
+    the network alone without pre- or post-processing (what the official code times)."""
+
+    def __init__(self, backbone: nn.Module, sem_seg_head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.sem_seg_head(self.backbone(images))[0]
+
+
+class OptimizedSemanticSegmentor(nn.Module):
+    """
+    ``SemanticSegmentor`` for inference only: same inputs and outputs, faster network.
+    Build it with :func:`optimize_model` / :func:`build_inference_model`.
+    """
+
+    def __init__(
+        self,
+        *,
+        network: SemanticNetwork,
+        pixel_mean: torch.Tensor,
+        pixel_std: torch.Tensor,
+        size_divisibility: int,
+        channels_last: bool = True,
+        torchscript: str = "freeze",
+        precision: str = "fp32",
+        max_compiled_sizes: int = 4,
+        keep_memory: bool = True,
+    ):
+        super().__init__()
+        if torchscript not in TORCHSCRIPT_LEVELS:
+            raise ValueError(
+                f"MODEL.SFNET.INFERENCE.TORCHSCRIPT={torchscript!r}: expected one of "
+                f"{list(TORCHSCRIPT_LEVELS)}"
+            )
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"MODEL.SFNET.INFERENCE.PRECISION={precision!r}: expected one of {list(PRECISIONS)}"
+            )
+        self.network = network.eval()
+        self.register_buffer("pixel_mean", pixel_mean.detach().clone(), False)
+        self.register_buffer("pixel_std", pixel_std.detach().clone(), False)
+        self.size_divisibility = size_divisibility
+        self.channels_last = channels_last
+        self.torchscript = torchscript
+        self.precision = precision
+        self.max_compiled_sizes = max_compiled_sizes
+        self.keep_memory = keep_memory
+        self.network.to(dtype=PRECISIONS[precision])
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        # Traced networks by (input shape, device); a plain attribute, not a submodule, so that
+        # state_dict() is the eager network's. Sizes beyond max_compiled_sizes run eagerly.
+        self._compiled: Dict[Tuple, torch.jit.ScriptModule] = {}
+        self._warned_eager_fallback = False
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(
+                "OptimizedSemanticSegmentor is inference-only (BatchNorm is folded, deep "
+                "supervision removed); train the model returned by detectron2's build_model"
+            )
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) / .half() etc. invalidate the traced networks, which hold their own constants.
+        self._compiled = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _compile(self, images: torch.Tensor):
+        with warnings.catch_warnings():
+            # Tracer warnings about Python values (sizes) becoming constants are expected: each
+            # traced network is only used for the exact input shape it was traced with.
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(self.network, images, check_trace=False)
+            traced = torch.jit.freeze(traced)
+            if self.torchscript == "optimize":
+                traced = torch.jit.optimize_for_inference(traced)
+        return traced
+
+    def network_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The network on normalised, padded float32 images (N, 3, H, W): float32 logits."""
+        with kept_memory(self.keep_memory and images.device.type == "cpu"):
+            return self._network_forward(images)
+
+    def _network_forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(PRECISIONS[self.precision])
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        net = self.network
+        if self.torchscript != "none":
+            key = (tuple(images.shape), images.device, images.dtype)
+            net = self._compiled.get(key)
+            if net is None and len(self._compiled) < self.max_compiled_sizes:
+                logger.info(f"Tracing and freezing the network for input {tuple(images.shape)}")
+                net = self._compiled[key] = self._compile(images)
+            elif net is None:
+                if not self._warned_eager_fallback:
+                    logger.warning(
+                        f"{len(self._compiled)} input sizes are already traced "
+                        f"(MODEL.SFNET.INFERENCE.MAX_COMPILED_SIZES={self.max_compiled_sizes}); "
+                        f"size {tuple(images.shape)} and later new sizes run eagerly"
+                    )
+                    self._warned_eager_fallback = True
+                net = self.network
+        return net(images).float()
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        if self.training:
+            raise RuntimeError("OptimizedSemanticSegmentor is inference-only")
+        with torch.no_grad(), kept_memory(self.keep_memory and self.device.type == "cpu"):
+            # Exactly SemanticSegmentor's pre-processing.
+            images = [x["image"].to(self.device) for x in batched_inputs]
+            images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+            images = ImageList.from_tensors(images, self.size_divisibility)
+            logits = self.network_forward(images.tensor)
+            results = []
+            for result, inputs, image_size in zip(logits, batched_inputs, images.image_sizes):
+                height = inputs.get("height", image_size[0])
+                width = inputs.get("width", image_size[1])
+                results.append({"sem_seg": resize_logits(result, image_size, height, width)})
+            return results
+
+
+def resize_logits(result: torch.Tensor, image_size, height: int, width: int) -> torch.Tensor:
+    """detectron2's ``sem_seg_postprocess`` (crop the padding, bilinear resize with
+    align_corners=False), without the resize when the sizes already agree, where it is an exact
+    identity (every output pixel maps onto one input pixel with weight 1)."""
+    result = result[:, : image_size[0], : image_size[1]]
+    if (int(height), int(width)) == (int(image_size[0]), int(image_size[1])):
+        return result
+    return F.interpolate(result[None], size=(height, width), mode="bilinear",
+                         align_corners=False)[0]
+
+
+def _rewrite_modules(model: nn.Module, what: str) -> nn.Module:
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    removed = strip_training_only_modules(model)
+    folded = fold_batchnorm(model)
+    left = unfoldable_norms(model)
+    logger.info(
+        f"Optimised inference for {what}: folded {folded} BatchNorm layers into convolutions; "
+        f"removed {len(removed)} training-only modules {removed if removed else ''}"
+    )
+    if left:
+        logger.warning(f"Norm layers that could not be folded (kept as they are): {left}")
+    return model
+
+
+def optimize_model(
+    model: nn.Module,
+    *,
+    channels_last: bool = True,
+    torchscript: str = "freeze",
+    precision: str = "fp32",
+    max_compiled_sizes: int = 4,
+    keep_memory: bool = True,
+) -> nn.Module:
+    """
+    The optimised inference copy of ``model`` (``model`` itself is not modified). A detectron2
+    ``SemanticSegmentor`` becomes an :class:`OptimizedSemanticSegmentor`; any other module gets
+    only the module rewrites (deep supervision and dropout removed, BatchNorm folded) and keeps
+    its own forward.
+    """
+    if type(model) is not SemanticSegmentor:
+        return _rewrite_modules(model, type(model).__name__)
+    model = _rewrite_modules(model, "SemanticSegmentor")
+    network = SemanticNetwork(model.backbone, model.sem_seg_head)
+    if channels_last:
+        # The gather warp reads channels-last rows and writes channels-last output; with NCHW
+        # features it would add layout copies instead of removing them.
+        use_gather_warp(network)
+    if torchscript == "optimize":
+        replace_adaptive_avg_pooling(network)
+    return OptimizedSemanticSegmentor(
+        network=network,
+        pixel_mean=model.pixel_mean,
+        pixel_std=model.pixel_std,
+        size_divisibility=model.backbone.size_divisibility,
+        channels_last=channels_last,
+        torchscript=torchscript,
+        precision=precision,
+        max_compiled_sizes=max_compiled_sizes,
+        keep_memory=keep_memory,
+    ).to(model.pixel_mean.device)
+
+
+def build_inference_model(cfg, model: nn.Module, precision: Optional[str] = None) -> nn.Module:
+    """
+    The model to run inference with under ``cfg``: ``model`` itself when
+    ``MODEL.SFNET.INFERENCE.OPTIMIZE`` is False, else its optimised copy configured by
+    ``MODEL.SFNET.INFERENCE.*``. ``precision`` overrides ``MODEL.SFNET.INFERENCE.PRECISION``.
+    """
+    settings = cfg.MODEL.SFNET.INFERENCE
+    if not settings.OPTIMIZE:
+        return model
+    return optimize_model(
+        model,
+        channels_last=settings.CHANNELS_LAST,
+        torchscript=settings.TORCHSCRIPT,
+        precision=precision or settings.PRECISION,
+        max_compiled_sizes=settings.MAX_COMPILED_SIZES,
+        keep_memory=settings.KEEP_MEMORY,
+    )
