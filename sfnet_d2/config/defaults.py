@@ -76,6 +76,9 @@ def add_sfnet_config(cfg):
     cfg.MODEL.DFNET.NORM = "BN"
 
     # Semantic training data (sfnet_d2.data.SFNetSemanticDatasetMapper).
+    # Dataset mapper class by name in sfnet_d2.data.DATASET_MAPPER_REGISTRY (as Mask2Former):
+    # "SFNetSemanticDatasetMapper" (semantic models) or "KNetPanopticDatasetMapper" (K-Net).
+    cfg.INPUT.DATASET_MAPPER_NAME = "SFNetSemanticDatasetMapper"
     cfg.INPUT.SFNET = CN()
     # Random rescale factor range applied to the whole image before cropping
     # (official scripts 0.5-2.0; the paper's text says 0.75-2.0).

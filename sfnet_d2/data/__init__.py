@@ -9,3 +9,5 @@ from sfnet_d2.data.uniform_sampling import (ClassUniformDataset, ClassUniformTra
 from sfnet_d2.data.demo_panoptic import ensure_demo_panoptic, generate_demo_coco_panoptic
 from sfnet_d2.data.datasets.panoptic import register_coco_panoptic_by_paths
 from sfnet_d2.data.dataset_mappers.panoptic_mapper import KNetPanopticDatasetMapper
+from sfnet_d2.data.build import (DATASET_MAPPER_REGISTRY, build_dataset_mapper, build_test_loader,
+                                 build_train_loader)

@@ -14,8 +14,9 @@ the run it continues. Here every sample is a pure function of ``(stream seed, gl
 * data-loader worker ``w`` builds whole batches ``j`` with ``j % num_workers == w``; torch's
   loader returns them in order, so step ``j`` always gets local positions ``[jB, (j+1)B)``.
 
-Resuming at iteration ``i`` is then ``set_state(seed, start=i * B)``; the stream seed is saved in
-the checkpoint (``Trainer.state_dict``) so even ``SEED -1`` runs resume on the same stream.
+Resuming at iteration ``i`` is then ``set_state(seed, start=i * B)``: ``SkipCollectingLoader`` is
+registered with the checkpointer and saves (seed, position), so even ``SEED -1`` runs resume on the
+same stream.
 
 Bad samples (unreadable/truncated image or label, wrong size, values outside the class set):
 by default training stops with an error naming the file. With
@@ -161,25 +162,44 @@ class TrainingStream(IterableDataset):
 
 class SkipCollectingLoader:
     """Wraps the torch DataLoader over a ``TrainingStream``; records the skipped samples that
-    arrive with the batches (in the training process) and strips the marker."""
+    arrive with the batches (in the training process) and strips the marker.
+
+    It is also the stream's checkpointable (``state_dict`` / ``load_state_dict``, registered with
+    the trainer's checkpointer as "data_stream"): a checkpoint holds the stream seed and the local
+    position after the batches handed out, and loading it continues the stream there."""
 
     def __init__(self, loader, stream: TrainingStream):
         self.loader = loader
         self.stream = stream
         self.skipped: List[Tuple[str, str]] = []
+        self._consumed = 0  # batches handed out since the stream (re)started at stream.start
 
     def __iter__(self):
-        # Create torch's loader iterator now, not at the first next(): it draws its base seed from
-        # the global RNG, which must not happen inside a training step (StepSeedHook).
-        return self._collect(iter(self.loader))
+        return self._collect()
 
-    def _collect(self, batches):
+    def _collect(self):
+        # torch's iterator is created at the first next(): after a resumed checkpoint has set the
+        # stream state (the trainer creates its iterator before loading). Creating it draws a base
+        # seed from the global RNG, which drives dropout and is seeded per step (StepSeedHook):
+        # fork_rng keeps that draw from moving it, so a resumed step sees the same RNG state.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.loader)
         for batch in batches:
             for item in batch:
                 for name, reason in item.pop("sfnet_skipped", ()):
                     self.skipped.append((name, reason))
                     logger.warning(f"Skipped a bad training sample: {name} ({reason})")
+            self._consumed += 1
             yield batch
+
+    def state_dict(self):
+        return {"seed": self.stream.seed,
+                "position": self.stream.start + self._consumed * self.stream.batch_size}
+
+    def load_state_dict(self, state):
+        """Continue at the checkpoint's position; takes effect at the next ``iter()``."""
+        self.stream.set_state(state["seed"], state["position"])
+        self._consumed = 0
 
     def __len__(self):  # an infinite stream
         raise TypeError("the training stream is infinite")

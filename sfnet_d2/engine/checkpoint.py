@@ -29,7 +29,12 @@ from typing import Any, Dict, Iterable, List, Sequence
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["SFNetCheckpointer", "CheckpointMismatchError", "atomic_write_bytes"]
+__all__ = ["SFNetCheckpointer", "CheckpointMismatchError", "MissingWeightsError",
+           "atomic_write_bytes", "load_model_weights", "RANDOM_WEIGHTS"]
+
+# MODEL.WEIGHTS value that asks for a randomly initialised model on purpose (e.g. to benchmark
+# an untrained model); an empty MODEL.WEIGHTS is an error wherever the result depends on weights.
+RANDOM_WEIGHTS = "random"
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,39 @@ CLASS_SPECIFIC_PATTERNS = (
 
 class CheckpointMismatchError(RuntimeError):
     """The file does not fit the model: it lists every mismatch."""
+
+
+class MissingWeightsError(ValueError):
+    """MODEL.WEIGHTS is empty where the result depends on trained weights."""
+
+
+def load_model_weights(model, weights: str, *, purpose: str, required: bool = True) -> None:
+    """
+    The one way every command (evaluation, predictor, demo, export, benchmark, flow pictures,
+    the panoptic pipeline) loads ``MODEL.WEIGHTS`` into ``model``: ``SFNetCheckpointer``'s safe
+    reader (no code runs from the file) and strict matching (another architecture's file raises
+    ``CheckpointMismatchError``; class-count and backbone-only differences are logged).
+
+    Args:
+        weights: a path, "" or ``RANDOM_WEIGHTS`` ("random": keep the random initialisation, on
+            purpose; logged).
+        purpose: what the weights are for, in the messages ("evaluation", "the demo", ...).
+        required: an empty ``weights`` raises ``MissingWeightsError``; False only logs it
+            (commands whose figures do not depend on the weights, e.g. FLOP counts).
+    """
+    if weights == RANDOM_WEIGHTS:
+        logger.warning(f"MODEL.WEIGHTS {RANDOM_WEIGHTS}: {purpose} uses a randomly initialised "
+                       "model, as asked")
+        return
+    if not weights:
+        if required:
+            raise MissingWeightsError(
+                f"MODEL.WEIGHTS is empty: {purpose} needs trained weights. Pass MODEL.WEIGHTS "
+                f"path/to/model_final.pth, or MODEL.WEIGHTS {RANDOM_WEIGHTS} to use a randomly "
+                "initialised model on purpose")
+        logger.info(f"MODEL.WEIGHTS is empty: {purpose} uses a randomly initialised model")
+        return
+    SFNetCheckpointer(model).load(weights)
 
 
 def atomic_write_bytes(path: str, write_fn) -> None:
@@ -126,6 +164,13 @@ class SFNetCheckpointer(DetectionCheckpointer):
         atomic_write_bytes(path, lambda f: f.write(last_filename_basename.encode()))
 
     # ---------------------------------------------------------------- reading
+    def load(self, path: str, checkpointables=None):
+        if path == RANDOM_WEIGHTS:  # training from scratch, said explicitly
+            self.logger.info(f"MODEL.WEIGHTS {RANDOM_WEIGHTS}: the model keeps its random "
+                             "initialisation")
+            return {}
+        return super().load(path, checkpointables)
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if not os.path.isfile(filename):
             raise FileNotFoundError(

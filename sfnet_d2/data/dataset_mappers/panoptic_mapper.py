@@ -34,6 +34,7 @@ from detectron2.structures import BitMasks, Instances
 from PIL import Image
 
 from sfnet_d2.data.transforms import RandomScale
+from sfnet_d2.data.build import DATASET_MAPPER_REGISTRY
 
 __all__ = ["KNetPanopticDatasetMapper", "build_knet_augmentations", "read_panoptic_png"]
 
@@ -97,6 +98,7 @@ def _rgb2id(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
+@DATASET_MAPPER_REGISTRY.register()
 class KNetPanopticDatasetMapper:
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations, image_format: str,

@@ -17,6 +17,7 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 from sfnet_d2.data.transforms import CentroidAugInput, build_sfnet_train_augmentations
+from sfnet_d2.data.build import DATASET_MAPPER_REGISTRY
 
 __all__ = ["SFNetSemanticDatasetMapper", "read_and_check_label"]
 
@@ -51,6 +52,7 @@ def read_and_check_label(label_file: str, image_file: str, image_hw, num_classes
     return label
 
 
+@DATASET_MAPPER_REGISTRY.register()
 class SFNetSemanticDatasetMapper:
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations, image_format: str,
