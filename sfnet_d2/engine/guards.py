@@ -44,7 +44,10 @@ def _check_losses(module: nn.Module, _inputs, output):
         raise NonFiniteLossError(
             f"Non-finite loss {where}: {terms}. Training stopped before the optimizer step; the "
             "last checkpoint on disk is intact. Lower SOLVER.BASE_LR, add warm-up "
-            "(SOLVER.WARMUP_ITERS) or check the labels of this batch, then run again with --resume."
+            "(SOLVER.WARMUP_ITERS) or check the labels of this batch, then run the same command "
+            "again with --resume and the new value (e.g. --resume SOLVER.BASE_LR 0.001): a "
+            "resumed run applies the config's learning rate and schedule from its last "
+            "checkpoint on, and logs the change."
         )
 
 
