@@ -1,7 +1,11 @@
-"""Checkpoint safety: atomic writes (also under SIGKILL), weights_only reads, strict loading."""
+"""Checkpoint safety: atomic writes (also under SIGKILL) with the umask's permissions,
+weights_only reads, strict loading, --resume errors that say how to recover, and the official
+converter's advice."""
 import os
 import pickle
+import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -12,8 +16,10 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ROOT, make_cfg
 from sfnet_d2.engine import (
     CheckpointMismatchError,
+    LastCheckpointError,
     NonFiniteLossError,
     SFNetCheckpointer,
     install_nonfinite_loss_guard,
@@ -202,3 +208,148 @@ def test_nonfinite_loss_stops_before_the_step_naming_iteration_and_term(tmp_path
     restored = _LossModel()
     SFNetCheckpointer(restored).load(str(tmp_path / "model_0000001.pth"))
     assert restored.w.item() == pytest.approx(model.w.item())
+
+
+# ---------------------------------------------------------------- file permissions
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_files_get_the_mode_of_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        SFNetCheckpointer(_Model(), str(tmp_path)).save("model_0000001")
+        torch.save({}, tmp_path / "plain.pth")  # what torch.save to a path gives
+    finally:
+        os.umask(old)
+    for name in ("model_0000001.pth", "last_checkpoint", "plain.pth"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth", "plain.pth"]
+
+
+# ---------------------------------------------------------------- --resume, bad last_checkpoint
+def _run_history(folder):
+    """Checkpoints of iterations 1 and 3 and model_final (iteration 4) with the optimizer state,
+    as a training run leaves them; returns the backbone weight each file holds."""
+    model = _Model()
+    ck = SFNetCheckpointer(model, str(folder), optimizer=torch.optim.SGD(model.parameters(), 0.1))
+    weights = {}
+    for name, iteration in (("model_0000001", 1), ("model_0000003", 3), ("model_final", 4)):
+        with torch.no_grad():
+            model.backbone.conv.weight.fill_(iteration)
+        ck.save(name, iteration=iteration)
+        weights[name + ".pth"] = model.backbone.conv.weight.detach().clone()
+    return weights
+
+
+def _resume(folder):
+    model = _Model()
+    ck = SFNetCheckpointer(model, str(folder), optimizer=torch.optim.SGD(model.parameters(), 0.1))
+    return model, ck.resume_or_load("no_such_weights.pth", resume=True)
+
+
+def _follow_advice(message):
+    """Run the ``echo NAME > .../last_checkpoint`` line of the message in a shell."""
+    found = re.search(r"^\s*(echo \S+ > \S+last_checkpoint\S*)$", message, re.M)
+    assert found, message
+    subprocess.run(found.group(1), shell=True, check=True)
+
+
+def test_resume_with_last_checkpoint_naming_a_deleted_file(tmp_path):
+    weights = _run_history(tmp_path)
+    os.remove(tmp_path / "model_final.pth")
+    with pytest.raises(LastCheckpointError) as err:
+        _resume(tmp_path)
+    assert isinstance(err.value, FileNotFoundError)
+    msg = str(err.value)
+    tag = str(tmp_path / "last_checkpoint")
+    assert f"{tag} names 'model_final.pth'" in msg and str(tmp_path / "model_final.pth") in msg
+    assert "(newest first): model_0000003.pth, model_0000001.pth." in msg
+    assert f"echo model_0000003.pth > {tag}" in msg and "--resume" in msg
+    assert f"MODEL.WEIGHTS {tmp_path / 'model_0000003.pth'}" in msg
+    _follow_advice(msg)
+    model, extra = _resume(tmp_path)
+    assert extra["iteration"] == 3
+    assert torch.equal(model.backbone.conv.weight, weights["model_0000003.pth"])
+
+
+def test_resume_with_an_empty_last_checkpoint(tmp_path):
+    weights = _run_history(tmp_path)
+    (tmp_path / "last_checkpoint").write_text("\n")
+    with pytest.raises(LastCheckpointError) as err:
+        _resume(tmp_path)
+    msg = str(err.value)
+    assert f"{tmp_path / 'last_checkpoint'} is empty" in msg
+    assert "(newest first): model_final.pth, model_0000003.pth, model_0000001.pth." in msg
+    _follow_advice(msg)
+    model, extra = _resume(tmp_path)
+    assert extra["iteration"] == 4
+    assert torch.equal(model.backbone.conv.weight, weights["model_final.pth"])
+
+
+def test_resume_with_no_checkpoint_left_says_so(tmp_path):
+    _run_history(tmp_path)
+    for name in ("model_0000001.pth", "model_0000003.pth", "model_final.pth"):
+        os.remove(tmp_path / name)
+    with pytest.raises(LastCheckpointError, match=r"(?s)names 'model_final\.pth'.*There is no "
+                       r"checkpoint file \(\*\.pth\) in .*Run without --resume"):
+        _resume(tmp_path)
+    # without --resume, MODEL.WEIGHTS is loaded as before (only the model, no optimizer state)
+    src = _saved(tmp_path, _Model(), "weights")
+    model = _Model()
+    ck = SFNetCheckpointer(model, str(tmp_path / "elsewhere"))
+    assert ck.resume_or_load(src, resume=False) == {}
+
+
+# ---------------------------------------------------------------- convert_official.py's advice
+def _official_r18_state():
+    """Zero tensors with the keys and shapes of an official SFNet-R18 file (19 classes)."""
+    state = {}
+    with open(os.path.join(ROOT, "tests", "data", "official_keys", "keys_sfnet_r18_v1.txt")) as f:
+        for line in f:
+            if not line.startswith("#"):
+                key, shape = line.split("\t")[:2]
+                state[key] = torch.zeros([int(x) for x in re.findall(r"\d+", shape)])
+    return state
+
+
+def test_converter_mismatch_hint_names_only_what_exists(tmp_path, capsys):
+    import convert_official
+    from sfnet_d2.converters.official_converter import CONVERSION_HINT
+
+    # an ImageNet backbone file (ResNet layout) given without --backbone-only: a mismatch
+    imagenet = {}
+    for key, value in _official_r18_state().items():
+        if key.startswith("layer0.0."):
+            imagenet["conv1." + key[len("layer0.0."):]] = value
+        elif key.startswith("layer0.1."):
+            imagenet["bn1." + key[len("layer0.1."):]] = value
+        elif key.startswith("layer"):
+            imagenet[key] = value
+    imagenet["fc.weight"] = torch.zeros(1000, 512)
+    src, dst = tmp_path / "imagenet.pth", tmp_path / "R18.pth"
+    torch.save(imagenet, src)
+    assert convert_official.main(["--arch", "DeepR18_SF_deeply", str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert CONVERSION_HINT in err and not dst.exists()
+    # every option the hint names is one convert_official.py accepts ...
+    flags = set(re.findall(r"--[a-z][a-z-]+", CONVERSION_HINT))
+    assert flags == {"--arch", "--backbone-only", "--deep-supervision"}
+    parser = convert_official.build_parser()
+    known = {s for a in parser._actions for s in a.option_strings}
+    assert flags <= known
+    # ... every config key it names exists ...
+    cfg = make_cfg()
+    for key in re.findall(r"MODEL\.[A-Z_.]*[A-Z]", CONVERSION_HINT):
+        node = cfg
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
+    # ... and following it works: --backbone-only converts the ImageNet file
+    argv = ["--arch", "DeepR18_SF_deeply", "--backbone-only", str(src), str(dst)]
+    assert convert_official.main(argv) == 0 and dst.exists()
+    # the class count needs no option: an 11-class file converts into an 11-class model
+    state = _official_r18_state()
+    state["head.conv_last.1.weight"] = torch.zeros(11, 128, 1, 1)
+    state["head.conv_last.1.bias"] = torch.zeros(11)
+    torch.save(state, tmp_path / "camvid.pth")
+    result = convert_official.convert("DeepR18_SF_deeply", str(tmp_path / "camvid.pth"),
+                                      str(tmp_path / "camvid_d2.pth"))
+    assert tuple(result.state_dict["sem_seg_head.predictor.weight"].shape)[0] == 11

@@ -21,9 +21,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_net import build_config  # noqa: E402
-
+from sfnet_d2.engine import build_config
 from sfnet_d2.converters import (  # noqa: E402
     ConversionError,
     convert_official_state_dict,
@@ -97,7 +95,7 @@ def convert(arch_name, src, dst, backbone_only=False, deep_supervision=False, ov
     return result
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--arch", required=True, help="official factory, e.g. DeepR18_SF_deeply")
     parser.add_argument("src")
@@ -107,7 +105,11 @@ def main(argv=None):
     parser.add_argument("--deep-supervision", action="store_true",
                         help="keep the official deep-supervision heads (build them in our model)")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         convert(args.arch, args.src, args.dst, args.backbone_only, args.deep_supervision,
                 args.overwrite)

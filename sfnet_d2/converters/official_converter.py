@@ -25,8 +25,8 @@ import torch
 from sfnet_d2.converters.official_heads import official_head_key_map
 
 __all__ = ["OFFICIAL_ARCHS", "OfficialArch", "ConversionError", "ConversionResult",
-           "resolve_arch", "read_official_checkpoint", "convert_official_state_dict",
-           "official_backbone_key_map"]
+           "CONVERSION_HINT", "resolve_arch", "read_official_checkpoint",
+           "convert_official_state_dict", "official_backbone_key_map"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,17 @@ OFFICIAL_ARCHS: Dict[str, OfficialArch] = {
 
 class ConversionError(ValueError):
     pass
+
+
+# The advice closing a mismatch report. It names only what convert_official.py accepts (checked
+# by tests/test_robustness_checkpoint.py); the class count needs no option: it is read from the
+# file.
+CONVERSION_HINT = (
+    "Check --arch (the official factory the file was trained with); for an ImageNet backbone "
+    "file, add --backbone-only. convert_official.py sets MODEL.SEM_SEG_HEAD.NUM_CLASSES from the "
+    "file's classifier and MODEL.SFNET.DEEP_SUPERVISION from --deep-supervision; a model built "
+    "by hand for convert_official_state_dict needs the same; nothing was written."
+)
 
 
 @dataclass
@@ -211,7 +222,7 @@ def convert_official_state_dict(
             if items:
                 lines.append(f"  {len(items)} {title}:")
                 lines += [f"    {x}" for x in items]
-        lines.append("Check --arch (and --num-classes / MODEL.SFNET.DEEP_SUPERVISION); nothing was written.")
+        lines.append(CONVERSION_HINT)
         raise ConversionError("\n".join(lines))
     return result
 

@@ -5,7 +5,8 @@ these): the config (``build_config``, ``setup``), training and evaluation (``Tra
 checkpointing and guards underneath (docs/ROBUSTNESS.md).
 """
 from sfnet_d2.engine.checkpoint import (RANDOM_WEIGHTS, CheckpointMismatchError,
-                                        MissingWeightsError, SFNetCheckpointer, atomic_write_bytes,
+                                        LastCheckpointError, MissingWeightsError,
+                                        SFNetCheckpointer, atomic_write_bytes,
                                         load_model_weights)
 from sfnet_d2.engine.guards import NonFiniteLossError, install_nonfinite_loss_guard
 from sfnet_d2.engine.hooks import SkippedSamplesReport, StepSeedHook
@@ -17,7 +18,8 @@ from sfnet_d2.engine.predictor import Predictor, build_model_with_weights
 __all__ = [
     "build_config", "setup", "evaluate", "train_or_evaluate", "launch_train_or_evaluate",
     "Trainer", "Predictor", "build_model_with_weights",
-    "SFNetCheckpointer", "CheckpointMismatchError", "MissingWeightsError", "RANDOM_WEIGHTS",
+    "SFNetCheckpointer", "CheckpointMismatchError", "MissingWeightsError", "LastCheckpointError",
+    "RANDOM_WEIGHTS",
     "atomic_write_bytes", "load_model_weights",
     "install_nonfinite_loss_guard", "NonFiniteLossError", "StepSeedHook", "SkippedSamplesReport",
 ]

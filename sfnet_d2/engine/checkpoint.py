@@ -5,7 +5,12 @@ clusters.
 * **Atomic writes.** A checkpoint is written to a temporary file in the same folder, flushed to
   disk and renamed over its final name; ``last_checkpoint`` is updated the same way and only after
   the checkpoint is complete. A job killed at any moment leaves either the old or the new file,
-  never a truncated one, and ``last_checkpoint`` never names a broken file.
+  never a truncated one, and ``last_checkpoint`` never names a broken file. Files get the
+  permissions ``torch.save`` to a path would give them (0o666 minus the umask), so that
+  teammates who may read the output folder may read its checkpoints.
+* **Clear resumption errors.** ``resume_or_load(..., resume=True)`` with a ``last_checkpoint``
+  that is empty or names a file that does not exist raises :class:`LastCheckpointError` naming
+  it, listing the checkpoints that do exist (newest first) and saying how to resume from one.
 * **Safe reads.** Files are read with ``torch.load(..., weights_only=True)`` (no code runs while
   unpickling); detectron2/Caffe2 ``.pkl`` files go through an unpickler that only builds numpy
   arrays and plain containers. A file that cannot be read is named in the error with what to do.
@@ -23,13 +28,15 @@ import logging
 import os
 import pickle
 import re
-import tempfile
+import secrets
+import shlex
 from typing import Any, Dict, Iterable, List, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 __all__ = ["SFNetCheckpointer", "CheckpointMismatchError", "MissingWeightsError",
+           "LastCheckpointError",
            "atomic_write_bytes", "load_model_weights", "RANDOM_WEIGHTS"]
 
 # MODEL.WEIGHTS value that asks for a randomly initialised model on purpose (e.g. to benchmark
@@ -86,12 +93,38 @@ def load_model_weights(model, weights: str, *, purpose: str, required: bool = Tr
     SFNetCheckpointer(model).load(weights)
 
 
+class LastCheckpointError(FileNotFoundError):
+    """``--resume`` cannot use ``OUTPUT_DIR/last_checkpoint`` (empty, unreadable, or naming a
+    file that does not exist). The message names the file and its content, lists the checkpoint
+    files that exist (newest first) and says how to resume from one of them.
+
+    A subclass of FileNotFoundError, so that callers may catch either."""
+
+
+def _create_new(folder: str, prefix: str):
+    """Create and open a new, uniquely named file in ``folder``; (fd, path).
+
+    Not ``tempfile.mkstemp``: it creates files with mode 0o600 whatever the umask, the rename
+    keeps that mode, and teammates on a shared cluster could not read the checkpoints. ``os.open``
+    with mode 0o666 lets the kernel apply the umask (and a folder's default ACL), as
+    ``open(path, "wb")`` and ``torch.save(obj, path)`` do."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Could not create a temporary file {prefix}*.tmp in {folder}")
+
+
 def atomic_write_bytes(path: str, write_fn) -> None:
     """Call ``write_fn(fileobj)`` on a temporary file next to ``path``, then rename it over
-    ``path``. The rename is atomic on POSIX file systems, so readers see the old or new file."""
+    ``path``. The rename is atomic on POSIX file systems, so readers see the old or new file.
+    The file gets the mode a plain ``open(path, "wb")`` would create it with (0o666 & ~umask)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = _create_new(folder, f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -103,6 +136,16 @@ def atomic_write_bytes(path: str, write_fn) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _checkpoint_order(name: str):
+    """Sort key, newest first: model_final, then by the iteration in the name, then the rest."""
+    if os.path.splitext(name)[0] == "model_final":
+        return (0, 0, name)
+    numbers = re.findall(r"\d+", name)
+    if numbers:
+        return (1, -int(numbers[-1]), name)
+    return (2, 0, name)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -162,6 +205,59 @@ class SFNetCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write_bytes(path, lambda f: f.write(last_filename_basename.encode()))
+
+    # ---------------------------------------------------------------- resuming
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """fvcore's ``resume_or_load``, except that a ``last_checkpoint`` that cannot be used is
+        an error saying how to recover (:class:`LastCheckpointError`) instead of fvcore's
+        ``Checkpoint <dir>/<name> not found!`` assertion."""
+        if resume and self.has_checkpoint():
+            return self.load(self._resume_file())
+        return self.load(path, checkpointables=[])
+
+    def _resume_file(self) -> str:
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        try:
+            with open(tag) as f:
+                name = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise LastCheckpointError(self._resume_advice(
+                f"--resume: cannot read {tag} ({type(e).__name__}: {e}).")) from e
+        if not name:
+            raise LastCheckpointError(self._resume_advice(
+                f"--resume: {tag} is empty; it should hold the file name of the checkpoint to "
+                "resume from."))
+        path = os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            raise LastCheckpointError(self._resume_advice(
+                f"--resume: {tag} names {name!r}, but {path} does not exist (deleted or moved?)."))
+        return path
+
+    def _existing_checkpoints(self) -> List[str]:
+        try:
+            names = [n for n in os.listdir(self.save_dir) if n.endswith(".pth")
+                     and os.path.isfile(os.path.join(self.save_dir, n))]
+        except OSError:
+            return []
+        return sorted(names, key=_checkpoint_order)
+
+    def _resume_advice(self, problem: str) -> str:
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        found = self._existing_checkpoints()
+        if not found:
+            return (
+                f"{problem}\nThere is no checkpoint file (*.pth) in {self.save_dir}. Run without "
+                "--resume to start from MODEL.WEIGHTS, or point OUTPUT_DIR at the folder that "
+                "holds the checkpoints."
+            )
+        shown = ", ".join(found[:10]) + (f", ... ({len(found)} files)" if len(found) > 10 else "")
+        return (
+            f"{problem}\nCheckpoints in {self.save_dir} (newest first): {shown}.\n"
+            "To resume from one of them, write its name into last_checkpoint, e.g.\n"
+            f"  echo {shlex.quote(found[0])} > {shlex.quote(tag)}\n"
+            "then run again with --resume. Or start a new schedule from its weights: run without "
+            f"--resume with MODEL.WEIGHTS {shlex.quote(os.path.join(self.save_dir, found[0]))}."
+        )
 
     # ---------------------------------------------------------------- reading
     def load(self, path: str, checkpointables=None):

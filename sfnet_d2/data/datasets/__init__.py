@@ -19,6 +19,9 @@ bdd100k_sem_seg_{train,val}                19              bdd100k
 uds_sem_seg_{train,val}                    19              uds (the four above, united)
 camvid_sem_seg_{train,val,test}            11              camvid
 ade20k_sem_seg_{train,val}                 150             ade20k (detectron2's, checked)
+cityscapes_fine_panoptic_{train,val}       19 (panoptic)   panoptic (detectron2's
+                                                           names, our loader)
+sfnet_demo_{coco,cityscapes_fine}_panoptic_*  8 / 19       panoptic (demo data)
 =========================================  ==============  ====================================
 """
 from sfnet_d2.data.datasets.ade20k import load_ade20k_checked, register_ade20k
@@ -40,9 +43,6 @@ from sfnet_d2.data.datasets.mapillary_vistas import (
     load_mapillary_vistas_19,
     register_mapillary_vistas_19,
 )
-from sfnet_d2.data.datasets.panoptic import (register_cityscapes_panoptic,
-                                            register_coco_panoptic_by_paths,
-                                            register_demo_panoptic)
 from sfnet_d2.data.datasets.uds import PAPER_TABLE2, check_uds, load_uds, register_uds
 
 __all__ = [
@@ -68,15 +68,16 @@ __all__ = [
     "load_mapillary_vistas_19",
     "load_uds",
     "register_all_datasets",
-    "register_cityscapes_panoptic",
-    "register_coco_panoptic_by_paths",
-    "register_demo_panoptic",
     "register_cityscapes_semantic",
 ]
 
 
 def register_all_datasets(root: str):
-    """Register every dataset name of this package under ``root`` (replacing earlier ones)."""
+    """Register every dataset name of this package and the panoptic ones of
+    ``sfnet_d2.data.datasets.panoptic`` under ``root`` (replacing earlier ones)."""
+    # imported here: the panoptic module builds on this package's Cityscapes helpers
+    from sfnet_d2.data.datasets.panoptic import register_panoptic_datasets
+
     register_cityscapes(root)
     register_mapillary_vistas_19(root)
     register_idd_19(root)
@@ -84,7 +85,7 @@ def register_all_datasets(root: str):
     register_uds(root)
     register_camvid(root)
     register_ade20k(root)
-    register_demo_panoptic(root)  # the panoptic demo sets (COCO and Cityscapes formats)
+    register_panoptic_datasets(root)
 
 
 register_all_datasets(datasets_root())

@@ -1,6 +1,7 @@
 """
-Panoptic dataset registration (runs when ``sfnet_d2`` is imported) and the by-paths registration
-of users' own COCO-panoptic-format datasets (docs/PANOPTIC.md).
+Panoptic dataset registration (``register_panoptic_datasets``, run for $DETECTRON2_DATASETS
+when ``sfnet_d2`` is imported, by ``sfnet_d2.data.datasets.register_all_datasets``) and the
+by-paths registration of users' own COCO-panoptic-format datasets (docs/PANOPTIC.md).
 
 * ``register_coco_panoptic_by_paths(name, image_root, panoptic_root, panoptic_json)``: any dataset
   in the COCO panoptic format. Contiguous class ids follow the order of the JSON's "categories"
@@ -9,28 +10,36 @@ of users' own COCO-panoptic-format datasets (docs/PANOPTIC.md).
   every image and PNG exists; errors name the image.
 * ``sfnet_demo_coco_panoptic_{train,val}``: the synthetic demo data in COCO panoptic format
   (sfnet_d2/data/demo_panoptic.py) under ``$DETECTRON2_DATASETS/sfnet_demo_coco_panoptic``.
-* ``sfnet_demo_cityscapes_fine_panoptic_{train,val}``: Cityscapes panoptic ground truth made by
-  cityscapesscripts' createPanopticImgs from the synthetic Cityscapes tree, loaded by detectron2's
-  ``load_cityscapes_panoptic`` with detectron2's Cityscapes panoptic metadata (as
-  ``cityscapes_fine_panoptic_{train,val}``, which detectron2 itself registers).
+* ``cityscapes_fine_panoptic_{train,val}`` (detectron2's names, under
+  ``$DETECTRON2_DATASETS/cityscapes``) and ``sfnet_demo_cityscapes_fine_panoptic_{train,val}`` (the
+  synthetic Cityscapes tree, with the ground truth of cityscapesscripts' createPanopticImgs):
+  loaded by :func:`load_cityscapes_panoptic_checked`, which gives the records and metadata of
+  detectron2's ``load_cityscapes_panoptic`` / ``register_all_cityscapes_panoptic`` but derives
+  every path from the file name alone (detectron2 v0.6 cuts the image path at the first dot of
+  any folder name, so a root like ``/data/v1.2`` failed) and names any missing file with the
+  cityscapesscripts command that makes it. It replaces detectron2's own loader for those names,
+  whichever detectron2 build is installed.
 
-detectron2's own ``coco_2017_{train,val}_panoptic`` and ``cityscapes_fine_panoptic_{train,val}`` are
-used as detectron2 registers them.
+detectron2's own ``coco_2017_{train,val}_panoptic`` are used as detectron2 registers them.
 """
 import json
 import os
+import shlex
 from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
-from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
 
+from sfnet_d2.data.datasets.cityscapes import create_train_ids_command
+from sfnet_d2.data.datasets.common import DatasetLayoutError
 from sfnet_d2.data.demo_panoptic import DEMO_COCO_PANOPTIC_CATEGORIES
 
 __all__ = ["coco_panoptic_metadata", "load_coco_panoptic_checked",
            "register_coco_panoptic_by_paths", "cityscapes_panoptic_metadata",
-           "register_demo_panoptic", "DEMO_COCO_PANOPTIC_ROOT_NAME"]
+           "load_cityscapes_panoptic_checked", "register_cityscapes_panoptic",
+           "register_demo_panoptic", "register_panoptic_datasets",
+           "DEMO_COCO_PANOPTIC_ROOT_NAME"]
 
 DEMO_COCO_PANOPTIC_ROOT_NAME = "sfnet_demo_coco_panoptic"
 _DEMO_CITYSCAPES_ROOT_NAME = "sfnet_demo_cityscapes"
@@ -155,31 +164,112 @@ def cityscapes_panoptic_metadata() -> Dict:
     }
 
 
-def _load_cityscapes_panoptic_checked(image_dir, gt_dir, gt_json, meta, name, hint):
-    for path in (image_dir, gt_dir, gt_json):
+_CITYSCAPES_PANOPTIC_LAYOUT = (
+    "expected ROOT/leftImg8bit/SPLIT/CITY/CITY_SEQ_FRAME_leftImg8bit.png, "
+    "ROOT/gtFine/cityscapes_panoptic_SPLIT.json, ROOT/gtFine/cityscapes_panoptic_SPLIT/*.png and, "
+    "for mIoU, ROOT/gtFine/SPLIT/CITY/CITY_SEQ_FRAME_gtFine_labelTrainIds.png"
+)
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+
+
+def _create_panoptic_command(cityscapes_root: str, split: str) -> str:
+    return (f"CITYSCAPES_DATASET={shlex.quote(os.path.abspath(cityscapes_root))} "
+            f"python -m cityscapesscripts.preparation.createPanopticImgs --set-names {split}")
+
+
+def load_cityscapes_panoptic_checked(root: str, split: str, meta: Dict, dataset_name: str = "",
+                                     hint: str = "") -> List[Dict]:
+    """
+    Records of the Cityscapes panoptic ``split`` of the Cityscapes tree at ``root``, with the
+    fields of detectron2's ``load_cityscapes_panoptic``: ``file_name``, ``image_id``
+    (CITY_SEQ_FRAME), ``sem_seg_file_name`` (the image's ``*_gtFine_labelTrainIds.png``),
+    ``pan_seg_file_name`` and ``segments_info`` with contiguous ``category_id`` (``meta``'s maps).
+
+    Every image, panoptic PNG and ``labelTrainIds`` PNG must exist; errors name the file and the
+    cityscapesscripts command that makes it.
+    """
+    where = f"{dataset_name}: " if dataset_name else ""
+    tail = f"; {_CITYSCAPES_PANOPTIC_LAYOUT}." + (f"\n{hint}" if hint else "")
+    image_dir = os.path.join(root, "leftImg8bit", split)
+    pan_dir = os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}")
+    pan_json = os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}.json")
+    sem_dir = os.path.join(root, "gtFine", split)
+    if not os.path.isdir(image_dir):
+        raise DatasetLayoutError(f"{where}image folder {image_dir} does not exist{tail}")
+    for path in (pan_json, pan_dir):
         if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{name}: {path} does not exist; expected ROOT/leftImg8bit/SPLIT/CITY/"
-                "*_leftImg8bit.png, ROOT/gtFine/cityscapes_panoptic_SPLIT.json and "
-                "ROOT/gtFine/cityscapes_panoptic_SPLIT/*.png (cityscapesscripts' "
-                f"preparation/createPanopticImgs.py). {hint}"
+            raise DatasetLayoutError(
+                f"{where}{path} does not exist{tail}\nMake the panoptic ground truth once "
+                f"with:\n  {_create_panoptic_command(root, split)}"
             )
-    return load_cityscapes_panoptic(image_dir, gt_dir, gt_json, meta)
+    with open(pan_json) as f:
+        annotations = json.load(f)["annotations"]
+    # image_id -> image file, from the file names (CITY_SEQ_FRAME_leftImg8bit.png)
+    images = {}
+    for city in sorted(os.listdir(image_dir)):
+        city_dir = os.path.join(image_dir, city)
+        if os.path.isdir(city_dir):
+            images.update({name[: -len(_IMAGE_SUFFIX)]: os.path.join(city_dir, name)
+                           for name in os.listdir(city_dir) if name.endswith(_IMAGE_SUFFIX)})
+    thing_map = meta["thing_dataset_id_to_contiguous_id"]
+    stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
+    records = []
+    for ann in annotations:
+        image_file = images.get(ann["image_id"])
+        if image_file is None:
+            raise DatasetLayoutError(
+                f"{where}{pan_json} annotates image {ann['image_id']!r}, but there is no "
+                f"{ann['image_id']}{_IMAGE_SUFFIX} under {image_dir}{tail}"
+            )
+        segments = []
+        for seg in ann["segments_info"]:
+            cat = seg["category_id"]
+            if cat not in thing_map and cat not in stuff_map:
+                raise ValueError(
+                    f"{where}image {image_file}: segment {seg['id']} of {pan_json} has "
+                    f"category_id {cat}, which is not a Cityscapes panoptic category "
+                    f"({sorted(list(thing_map) + list(stuff_map))}); make the JSON with "
+                    "createPanopticImgs without --use-train-id"
+                )
+            segments.append(dict(seg, category_id=thing_map.get(cat, stuff_map.get(cat))))
+        stem = os.path.basename(image_file)[: -len(_IMAGE_SUFFIX)]
+        records.append({
+            "file_name": image_file,
+            "image_id": ann["image_id"],
+            # from the city and file name only: any folder name works
+            "sem_seg_file_name": os.path.join(sem_dir, os.path.basename(
+                os.path.dirname(image_file)), f"{stem}_gtFine_labelTrainIds.png"),
+            "pan_seg_file_name": os.path.join(pan_dir, ann["file_name"]),
+            "segments_info": segments,
+        })
+    if not records:
+        raise DatasetLayoutError(f"{where}{pan_json} lists no annotations{tail}")
+    for key, kind, command in (
+            ("pan_seg_file_name", "panoptic PNG", _create_panoptic_command(root, split)),
+            ("sem_seg_file_name", "labelTrainIds PNG", create_train_ids_command(root))):
+        missing = [r[key] for r in records if not os.path.isfile(r[key])]
+        if missing:
+            raise DatasetLayoutError(
+                f"{where}{len(missing)} of {len(records)} {kind} file(s) are missing, e.g. "
+                f"{missing[0]}{tail}\nMake them once with:\n  {command}"
+            )
+    return records
 
 
 def register_cityscapes_panoptic(name: str, root: str, split: str, hint: str = "") -> None:
-    """Register the Cityscapes panoptic ``split`` of the Cityscapes tree at ``root``."""
+    """Register the Cityscapes panoptic ``split`` of the Cityscapes tree at ``root`` (replacing an
+    earlier registration of ``name``, e.g. detectron2's own)."""
     meta = cityscapes_panoptic_metadata()
-    image_dir = os.path.join(root, "leftImg8bit", split)
-    gt_dir = os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}")
-    gt_json = os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}.json")
     for catalog in (DatasetCatalog, MetadataCatalog):
         if name in catalog.list():
             catalog.remove(name)
-    DatasetCatalog.register(name, lambda: _load_cityscapes_panoptic_checked(
-        image_dir, gt_dir, gt_json, meta, name, hint))
+    DatasetCatalog.register(name, lambda: load_cityscapes_panoptic_checked(
+        root, split, meta, name, hint))
+    # the metadata of detectron2's register_all_cityscapes_panoptic
     MetadataCatalog.get(name).set(
-        panoptic_root=gt_dir, image_root=image_dir, panoptic_json=gt_json,
+        panoptic_root=os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}"),
+        image_root=os.path.join(root, "leftImg8bit", split),
+        panoptic_json=os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}.json"),
         gt_dir=os.path.join(root, "gtFine", split), evaluator_type="cityscapes_panoptic_seg",
         ignore_label=255, label_divisor=1000, **meta)
 
@@ -197,3 +287,11 @@ def register_demo_panoptic(root: str) -> None:
                                      os.path.join(root, _DEMO_CITYSCAPES_ROOT_NAME), split,
                                      _DEMO_HINT)
 
+
+def register_panoptic_datasets(root: str) -> None:
+    """Register every panoptic name of this module under ``root`` (= $DETECTRON2_DATASETS):
+    the demo sets and ``cityscapes_fine_panoptic_{train,val}``."""
+    register_demo_panoptic(root)
+    for split in ("train", "val"):
+        register_cityscapes_panoptic(f"cityscapes_fine_panoptic_{split}",
+                                     os.path.join(root, "cityscapes"), split)
