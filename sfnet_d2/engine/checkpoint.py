@@ -35,7 +35,8 @@ from typing import Any, Dict, Iterable, List, Sequence
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["SFNetCheckpointer", "CheckpointMismatchError", "MissingWeightsError",
+__all__ = ["SFNetCheckpointer", "CheckpointMismatchError", "CheckpointReadError",
+           "MissingWeightsError",
            "LastCheckpointError",
            "atomic_write_bytes", "load_model_weights", "RANDOM_WEIGHTS"]
 
@@ -62,6 +63,10 @@ class CheckpointMismatchError(RuntimeError):
 
 class MissingWeightsError(ValueError):
     """MODEL.WEIGHTS is empty where the result depends on trained weights."""
+
+
+class CheckpointReadError(RuntimeError):
+    """The file cannot be read safely: damaged, truncated, or it needs code to unpickle."""
 
 
 def load_model_weights(model, weights: str, *, purpose: str, required: bool = True) -> None:
@@ -277,7 +282,7 @@ class SFNetCheckpointer(DetectionCheckpointer):
                 with open(filename, "rb") as f:
                     data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
             except Exception as e:
-                raise RuntimeError(
+                raise CheckpointReadError(
                     f"Cannot read {filename} as a detectron2/Caffe2 .pkl weight file: {e}. Only "
                     "dicts of numpy arrays are accepted; convert other files to a state_dict .pth"
                 ) from e
@@ -289,19 +294,20 @@ class SFNetCheckpointer(DetectionCheckpointer):
         try:
             data = torch.load(filename, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise RuntimeError(
+            raise CheckpointReadError(
                 f"Refusing to load {filename}: it needs arbitrary code to unpickle "
                 f"(torch.load weights_only=True failed: {str(e).splitlines()[0]}). Re-save only its "
                 "state_dict with torch.save(model.state_dict(), path) from a trusted session"
             ) from e
         except (RuntimeError, EOFError, OSError) as e:
-            raise RuntimeError(
+            raise CheckpointReadError(
                 f"Checkpoint {filename} is damaged or truncated ({type(e).__name__}: {e}); "
                 "delete it and resume from an earlier checkpoint, or point MODEL.WEIGHTS at a "
                 "good file"
             ) from e
         if not isinstance(data, dict):
-            raise RuntimeError(f"Checkpoint {filename} holds a {type(data).__name__}, not a dict")
+            raise CheckpointReadError(
+                f"Checkpoint {filename} holds a {type(data).__name__}, not a dict")
         if "model" not in data:
             data = {"model": data}
         return data
