@@ -24,7 +24,8 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["generate_demo_cityscapes", "demo_data_is_complete", "DEMO_LABELS"]
+__all__ = ["generate_demo_cityscapes", "demo_data_is_complete", "default_demo_root",
+           "DEMO_LABELS"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,15 @@ def _env(key, value):
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
+
+
+def default_demo_root() -> str:
+    """Where the registered ``sfnet_demo_cityscapes_fine_sem_seg_*`` datasets read the demo data:
+    ``$DETECTRON2_DATASETS/sfnet_demo_cityscapes`` (``datasets/`` when unset)."""
+    from sfnet_d2.data.datasets.cityscapes import DEMO_ROOT_NAME
+    from sfnet_d2.data.datasets.common import datasets_root
+
+    return os.path.join(datasets_root(), DEMO_ROOT_NAME)
 
 
 def demo_data_is_complete(root: str) -> bool:
