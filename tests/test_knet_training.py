@@ -15,7 +15,8 @@ from conftest import ROOT, make_cfg
 from sfnet_d2.data import KNetPanopticDatasetMapper, ensure_demo_panoptic
 from sfnet_d2.data.datasets.panoptic import (register_cityscapes_panoptic,
                                              register_coco_panoptic_by_paths)
-from sfnet_d2.modeling.meta_arch.knet.training import build_knet_evaluator, build_knet_optimizer
+from sfnet_d2.evaluation import build_evaluator
+from sfnet_d2.solver import build_optimizer
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny tensors
@@ -61,7 +62,7 @@ def test_a_few_iterations_lower_the_loss(data_root):
     mapper = KNetPanopticDatasetMapper(cfg, True)
     batch = [mapper(r) for r in DatasetCatalog.get("test_knet_coco_train")[:2]]
     assert all(len(b["instances"]) > 0 for b in batch)
-    optimizer = build_knet_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     losses = []
     for _ in range(12):
         loss = sum(model(batch).values())
@@ -92,7 +93,7 @@ def _perfect_outputs(record, meta):
 def test_perfect_prediction_scores_pq_100(data_root, tmp_path, dataset):
     cfg = _cfg(test=dataset, extra=["MODEL.KNET.TEST.SEMANTIC_ON", "True",
                                     "OUTPUT_DIR", str(tmp_path)])
-    evaluator = build_knet_evaluator(cfg, dataset)
+    evaluator = build_evaluator(cfg, dataset)
     evaluator.reset()
     meta = MetadataCatalog.get(dataset)
     for record in DatasetCatalog.get(dataset):

@@ -13,8 +13,7 @@ from detectron2.solver.build import get_default_optimizer_params
 from conftest import make_cfg
 from sfnet_d2.deployment import build_inference_model
 from sfnet_d2.modeling.heads.segformer_head import SegFormerHead
-from sfnet_d2.solver import build_lr_scheduler
-from sfnet_d2.solver.optimizer import build_sfnet_optimizer, uses_sfnet_optimizer
+from sfnet_d2.solver import build_lr_scheduler, build_optimizer
 
 B0_SHAPES = {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2 ** i)
              for i, c in enumerate((32, 64, 160, 256))}
@@ -94,9 +93,9 @@ def _groups_by_param(optimizer):
 
 def test_segformer_recipe_adamw_head_lr_x10_no_decay_on_norms():
     cfg = make_cfg(SEGFORMER_B0)
-    assert uses_sfnet_optimizer(cfg)
+    assert (cfg.SOLVER.OPTIMIZER.NAME, cfg.SOLVER.OPTIMIZER.HEAD_MULTIPLIER) == ("ADAMW", 10.0)
     model = build_model(cfg)
-    optimizer = build_sfnet_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["betas"] == (0.9, 0.999)
     got = _groups_by_param(optimizer)
@@ -115,9 +114,9 @@ def test_segformer_recipe_adamw_head_lr_x10_no_decay_on_norms():
 
 def test_sgd_without_multiplier_is_detectron2s_default():
     cfg = make_cfg("configs/cityscapes/semantic/sfnet_lite_R18.yaml")
-    assert not uses_sfnet_optimizer(cfg)
+    assert cfg.SOLVER.OPTIMIZER.NAME == "SGD"
     model = build_model(cfg)
-    ours = _groups_by_param(build_sfnet_optimizer(cfg, model))
+    ours = _groups_by_param(build_optimizer(cfg, model))
     theirs = {}
     for g in get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
                                           weight_decay=cfg.SOLVER.WEIGHT_DECAY,
@@ -125,9 +124,9 @@ def test_sgd_without_multiplier_is_detectron2s_default():
         for p in g["params"]:
             theirs[id(p)] = (g["lr"], g["weight_decay"])
     assert ours == theirs
-    cfg.SOLVER.SFNET.OPTIMIZER = "LAMB"
-    with pytest.raises(ValueError, match=r"SOLVER.SFNET.OPTIMIZER='LAMB'"):
-        uses_sfnet_optimizer(cfg)
+    cfg.SOLVER.OPTIMIZER.NAME = "LAMB"
+    with pytest.raises(ValueError, match=r"SOLVER.OPTIMIZER.NAME='LAMB'"):
+        build_optimizer(cfg, model)
 
 
 def test_segformer_schedule_is_mmcv_poly_with_linear_warmup():

@@ -119,6 +119,7 @@ def add_sfnet_config(cfg):
     cfg.TEST.SFNET.SLIDE_BATCH_SIZE = 1
 
     _add_training_recipe_config(cfg)
+    _add_optimizer_config(cfg)
     _add_knet_config(cfg)
     _add_robustnet_config(cfg)
     _add_mit_config(cfg)
@@ -246,10 +247,6 @@ def _add_knet_config(cfg):
     cfg.INPUT.KNET.CROP_SIZE = [1024, 2048]
     cfg.INPUT.KNET.FLIP_PROB = 0.5
 
-    cfg.SOLVER.KNET = CN()
-    cfg.SOLVER.KNET.OPTIMIZER = "ADAMW"         # official AdamW (lr 1e-4, wd 0.05); or "SGD"
-    cfg.SOLVER.KNET.BACKBONE_MULTIPLIER = 0.25  # lr multiplier of the parameters under "backbone."
-
 
 def _add_robustnet_config(cfg):
     """RobustNet's instance normalisation / instance (selective) whitening as options of the
@@ -337,10 +334,14 @@ def _add_mit_config(cfg):
     # embedding width is MODEL.SEM_SEG_HEAD.CONVS_DIM: 256 for B0/B1); official dropout_ratio 0.1.
     cfg.MODEL.MIT.DECODER_DROPOUT = 0.1
 
-    # Optimizer (sfnet_d2/solver/optimizer.py). "SGD" (SOLVER.MOMENTUM/NESTEROV; the SFNet recipe)
-    # or "ADAMW" (torch defaults betas (0.9, 0.999), eps 1e-8, as SegFormer). Weight decay:
-    # SOLVER.WEIGHT_DECAY, SOLVER.WEIGHT_DECAY_NORM for normalisation layers (SegFormer: 0.01 / 0).
-    cfg.SOLVER.SFNET.OPTIMIZER = "SGD"
-    # Learning-rate multiplier of the parameters under sem_seg_head (SegFormer: 10, its
-    # paramwise 'head' lr_mult); 1 = one learning rate for the whole model.
-    cfg.SOLVER.SFNET.HEAD_LR_MULTIPLIER = 1.0
+
+def _add_optimizer_config(cfg):
+    """The optimizer of every model (sfnet_d2/solver/build.py). Defaults = detectron2's SGD."""
+    cfg.SOLVER.OPTIMIZER = CN()
+    # "SGD" (SOLVER.MOMENTUM / NESTEROV; SFNet) or "ADAMW" (torch defaults betas (0.9, 0.999),
+    # eps 1e-8; SegFormer and K-Net).
+    cfg.SOLVER.OPTIMIZER.NAME = "SGD"
+    # Learning-rate multiplier of the parameters under "backbone." (K-Net: 0.25).
+    cfg.SOLVER.OPTIMIZER.BACKBONE_MULTIPLIER = 1.0
+    # Learning-rate multiplier of every other parameter (SegFormer: 10 on its decode head).
+    cfg.SOLVER.OPTIMIZER.HEAD_MULTIPLIER = 1.0
