@@ -70,7 +70,7 @@ def test_config_builds_its_model(path):
     model = build_model(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params > 0
-    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+    if cfg.MODEL.META_ARCHITECTURE not in ("SemanticSegmentor", "SFNetSemanticSegmentor"):
         return  # panoptic models: built only (their own tests run them)
     if n_params > FORWARD_MAX_PARAMS:
         return  # R50/R101 models: built only, to keep the suite fast
@@ -83,7 +83,7 @@ def _semantic_configs():
     out = []
     for path in MODEL_CONFIGS:
         cfg = _cfg(path)
-        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+        if cfg.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "SFNetSemanticSegmentor"):
             out.append((path, cfg))
     return out
 

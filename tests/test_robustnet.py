@@ -14,7 +14,8 @@ from detectron2.modeling import build_model
 
 from conftest import ROOT, make_cfg
 from sfnet_d2.engine import SFNetCheckpointer
-from sfnet_d2.engine.robustnet_mask import PhotometricPairMapper, compute_isw_masks
+from sfnet_d2.data.dataset_mappers.photometric_pair_mapper import PhotometricPairMapper
+from sfnet_d2.engine.isw_hook import compute_isw_masks
 from sfnet_d2.modeling.backbone import DeepStemResNet, STDCNet
 from sfnet_d2.modeling.backbone.robustnet import (
     WHITENING_LOSS_KEY, InstanceWhitening, covariance_pair_variance, instance_covariance,
@@ -234,38 +235,116 @@ def test_isw_positions_features_and_loss(cls, kwargs, positions, param_delta):
     for (_, f), (channels, stride) in zip(recorded, positions.values()):
         assert f.shape == (2, channels, 64 // stride, 96 // stride)
         assert torch.allclose(f.mean(dim=(2, 3)), torch.zeros(2, channels), atol=1e-4)
-    # before the ISW mask exists the loss is 0; with every off-diagonal element selected it is the
-    # IW loss of the same weights
+    # the features carry no loss; before the ISW mask exists the loss is 0; with every
+    # off-diagonal element selected it is the IW loss of the same weights
     out = model(x)
-    assert float(out[WHITENING_LOSS_KEY]) == 0.0
+    assert set(out) == {"res2", "res3", "res4", "res5"}
+    assert set(model.pop_auxiliary_losses()) == {WHITENING_LOSS_KEY}
+    assert model.pop_auxiliary_losses() == {}  # taken once
+    model(x)
+    assert float(model.pop_auxiliary_losses()[WHITENING_LOSS_KEY]) == 0.0
     for m in whitening_modules(model):
         m.set_sensitive_mask(torch.ones(m.channels, m.channels, dtype=torch.bool))
     iw = cls(**kwargs, robustnet_mode="iw", robustnet_layers=("stem", "res2", "res3"),
              robustnet_loss_weight=0.6).train()
     _copy_matching(iw, model)
     torch.manual_seed(1)
-    loss_isw = model(x)[WHITENING_LOSS_KEY]
+    model(x)
+    loss_isw = model.pop_auxiliary_losses()[WHITENING_LOSS_KEY]
     torch.manual_seed(1)
     with record_whitened_features(iw) as recorded_iw:
-        loss_iw = iw(x)[WHITENING_LOSS_KEY]
+        iw(x)
+    loss_iw = iw.pop_auxiliary_losses()[WHITENING_LOSS_KEY]
     assert float(loss_isw) > 0 and float(loss_isw) == pytest.approx(float(loss_iw), rel=1e-5)
     assert float(loss_iw) == pytest.approx(0.6 * float(robustnet_whitening_loss(recorded_iw)), rel=1e-6)
     # the loss alone trains the stem; in eval mode there is no loss entry
     loss_isw.backward()
     assert model.stem.conv1.weight.grad.abs().sum() > 0
-    assert WHITENING_LOSS_KEY not in model.eval()(x)
+    assert WHITENING_LOSS_KEY not in model.eval()(x) and model.pop_auxiliary_losses() == {}
 
 
-def test_whitening_loss_reaches_the_segmentor_losses():
-    cfg = make_cfg(LITE_R18, ["MODEL.ROBUSTNET.MODE", "iw", "MODEL.SFNET.OHEM_MIN_KEPT", "1000"])
+def _reference_whitening_loss(recorded, weight):
+    """A second implementation of the loss from the recorded IN outputs: covariances as explicit
+    sums over pixels in float64, masked elements listed by index (strict upper triangle from
+    triu_indices for IW, the module's mask for ISW)."""
+    per_layer = []
+    for module, f in recorded:
+        b, c, h, w = f.shape
+        x = f.detach().double().reshape(b, c, h * w)
+        cov = torch.einsum("bip,bjp->bij", x, x) / (h * w - 1) + 1e-5 * torch.eye(c).double()
+        if module.mode == "iw":
+            rows, cols = torch.triu_indices(c, c, offset=1)
+        else:
+            rows, cols = module.sensitive_mask.nonzero(as_tuple=True)
+        per_layer.append(cov[:, rows, cols].abs().mean(dim=1).mean())
+    return weight * float(torch.stack(per_layer).mean())
+
+
+def _batch(n=2, size=64):
+    return [{"image": torch.randint(0, 255, (3, size, size), dtype=torch.uint8),
+             "sem_seg": torch.randint(0, 19, (size, size))} for _ in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["iw", "isw"])
+def test_whitening_loss_reaches_the_segmentor_losses(mode):
+    from sfnet_d2.modeling.meta_arch import SFNetSemanticSegmentor
+
+    cfg = make_cfg(LITE_R18, ["MODEL.ROBUSTNET.MODE", mode, "MODEL.SFNET.OHEM_MIN_KEPT", "1000",
+                              "MODEL.ROBUSTNET.LOSS_WEIGHT", "0.7"])
+    torch.manual_seed(0)
     model = build_model(cfg).train()
-    batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
-              "sem_seg": torch.randint(0, 19, (64, 64))} for _ in range(2)]
-    losses = model(batch)
-    assert set(losses) == {"loss_sem_seg", WHITENING_LOSS_KEY} and float(losses[WHITENING_LOSS_KEY]) > 0
+    assert type(model) is SFNetSemanticSegmentor
+    if mode == "isw":
+        generator = torch.Generator().manual_seed(0)
+        for m in whitening_modules(model):
+            m.set_sensitive_mask(torch.rand(m.channels, m.channels, generator=generator) > 0.6)
+    head_inputs = []
+    model.sem_seg_head.register_forward_pre_hook(lambda _m, args: head_inputs.append(set(args[0])))
+    batch = _batch()
+    with record_whitened_features(model.backbone) as recorded:
+        losses = model(batch)
+    assert list(losses) == ["loss_sem_seg", WHITENING_LOSS_KEY]  # names and order as before
+    assert float(losses[WHITENING_LOSS_KEY]) > 0
+    assert len(recorded) == 3
+    assert float(losses[WHITENING_LOSS_KEY]) == pytest.approx(
+        _reference_whitening_loss(recorded, 0.7), rel=1e-5)
+    assert head_inputs == [{"res2", "res3", "res4", "res5"}]  # the head sees features only
+    assert model.backbone.pop_auxiliary_losses() == {}  # handed over, not kept
+    # the loss trains the backbone through the model's losses, and nothing else changes
+    sum(losses.values()).backward()
+    assert model.backbone.stem.conv1.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         assert model([{"image": batch[0]["image"]}])[0]["sem_seg"].shape == (19, 64, 64)
+
+
+@pytest.mark.parametrize("config,opts", [
+    (LITE_R18, []),                                                   # option off
+    (LITE_R18, ["MODEL.ROBUSTNET.MODE", "is"]),                       # no-loss mode
+    ("configs/cityscapes/semantic/sfnet_DF1.yaml", ["MODEL.DFNET.NORM", "BN"]),  # no option
+])
+def test_a_backbone_without_whitening_loss_adds_no_key(config, opts):
+    cfg = make_cfg(config, ["MODEL.SFNET.OHEM_MIN_KEPT", "1000", *opts])
+    model = build_model(cfg).train()
+    assert list(model(_batch())) == ["loss_sem_seg"]
+
+
+def test_whitening_loss_with_another_head_and_the_plain_segmentor():
+    # The loss no longer depends on the head: the FCN baseline head carries it too.
+    cfg = make_cfg("configs/cityscapes/semantic/ablations/fcn_R18.yaml",
+                   ["MODEL.ROBUSTNET.MODE", "iw", "MODEL.SFNET.OHEM_MIN_KEPT", "1000"])
+    model = build_model(cfg).train()
+    with record_whitened_features(model.backbone) as recorded:
+        losses = model(_batch())
+    assert set(losses) == {"loss_sem_seg", WHITENING_LOSS_KEY}
+    assert float(losses[WHITENING_LOSS_KEY]) == pytest.approx(
+        _reference_whitening_loss(recorded, 0.6), rel=1e-5)
+    # detectron2's plain SemanticSegmentor would drop it: refused for the loss modes only
+    with pytest.raises(ValueError, match="MODEL.META_ARCHITECTURE=SemanticSegmentor"):
+        build_model(make_cfg(LITE_R18, ["MODEL.ROBUSTNET.MODE", "iw",
+                                        "MODEL.META_ARCHITECTURE", "SemanticSegmentor"]))
+    build_model(make_cfg(LITE_R18, ["MODEL.ROBUSTNET.MODE", "in",
+                                    "MODEL.META_ARCHITECTURE", "SemanticSegmentor"]))
 
 
 def test_config_errors_name_the_key():
@@ -282,12 +361,12 @@ def test_config_errors_name_the_key():
     build_model(make_cfg("configs/ade20k/semantic/semantic_fpn_R50.yaml",
                          ["MODEL.ROBUSTNET.MODE", "in", "MODEL.RESNETS.DEPTH", 18,
                           "MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"]]))
-    # a backbone without the option: train_net's Trainer.build_model refuses instead of ignoring it
-    from test_all_configs import train_net
+    # a backbone without the option: the Trainer's build_model refuses instead of ignoring it
+    from sfnet_d2.engine import Trainer
 
     cfg = make_cfg("configs/cityscapes/semantic/sfnet_DF1.yaml", ["MODEL.ROBUSTNET.MODE", "is"])
     with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME=build_dfnet_backbone has no such"):
-        train_net.Trainer.build_model(cfg)
+        Trainer.build_model(cfg)
 
 
 def test_checkpoints_imagenet_weights_load_and_masks_round_trip(tmp_path):
@@ -347,9 +426,9 @@ def test_compute_isw_masks_on_demo_data(demo_datasets):
 
 
 def test_trainer_runs_the_isw_statistics_once_and_starts_the_loss(demo_datasets, tmp_path):
-    from test_all_configs import train_net  # the train_net.py module, loaded once
+    from sfnet_d2.engine import Trainer, build_config
 
-    cfg = train_net.build_config(os.path.join(ROOT, "configs/demo/sfnet_lite_R18_demo.yaml"), [
+    cfg = build_config(os.path.join(ROOT, "configs/demo/sfnet_lite_R18_demo.yaml"), [
         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path), "DATASETS.TRAIN", f"('{demo_datasets[0]}',)",
         "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
         "INPUT.SFNET.CROP_SIZE", "[96, 96]", "DATALOADER.NUM_WORKERS", "0",
@@ -357,7 +436,7 @@ def test_trainer_runs_the_isw_statistics_once_and_starts_the_loss(demo_datasets,
         "SOLVER.SFNET.ITERS_PER_EPOCH", "1", "MODEL.ROBUSTNET.MODE", "isw",
         "MODEL.ROBUSTNET.COVSTAT_EPOCH", "0", "MODEL.ROBUSTNET.TRIALS", "2",
         "MODEL.ROBUSTNET.COVSTAT_IMAGES", "2"])
-    trainer = train_net.Trainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     history = trainer.storage.history(WHITENING_LOSS_KEY).values()

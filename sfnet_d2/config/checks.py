@@ -50,7 +50,7 @@ def check_config(cfg, build: bool = True):
     ``build=True`` also constructs the model once on the ``meta`` device (no memory, no weights),
     so that a backbone/head combination that does not fit is reported here, before data loading.
     """
-    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+    if cfg.MODEL.META_ARCHITECTURE not in ("SemanticSegmentor", "SFNetSemanticSegmentor"):
         return  # other meta-architectures (K-Net) check their own settings when built
     _check_semantic_classes(cfg)
     if not build:

@@ -109,6 +109,7 @@ class _NetworkPartBase(nn.Module):
 
 
 @register_network_part("SemanticSegmentor")
+@register_network_part("SFNetSemanticSegmentor")  # the same inference (meta_arch/semantic.py)
 class SemanticNetworkPart(_NetworkPartBase):
     """
     detectron2's ``SemanticSegmentor`` with an SFNet head: image -> ``sem_seg`` logits

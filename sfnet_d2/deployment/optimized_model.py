@@ -37,6 +37,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from sfnet_d2.deployment.static_pooling import replace_adaptive_avg_pooling
+from sfnet_d2.modeling.meta_arch.semantic import SFNetSemanticSegmentor
 from sfnet_d2.deployment.memory import kept_memory
 from sfnet_d2.deployment.optimize import (
     fold_batchnorm,
@@ -236,7 +237,8 @@ def optimize_model(
     only the module rewrites (deep supervision and dropout removed, BatchNorm folded) and keeps
     its own forward.
     """
-    if type(model) is not SemanticSegmentor:
+    # SFNetSemanticSegmentor only adds training losses: its inference is SemanticSegmentor's.
+    if type(model) not in (SemanticSegmentor, SFNetSemanticSegmentor):
         return _rewrite_modules(model, type(model).__name__)
     model = _rewrite_modules(model, "SemanticSegmentor")
     network = SemanticNetwork(model.backbone, model.sem_seg_head)

@@ -82,7 +82,7 @@ class Trainer(DefaultTrainer):
             hooks.insert(0, StepSeedHook(lambda: loader.stream.seed))
             hooks.append(SkippedSamplesReport(loader, self.cfg.OUTPUT_DIR))
         if self.cfg.MODEL.ROBUSTNET.MODE == "isw":  # RobustNet ISW mask statistics
-            from sfnet_d2.engine.robustnet_mask import ISWMaskHook
+            from sfnet_d2.engine.isw_hook import ISWMaskHook
 
             hooks.append(ISWMaskHook(self.cfg))
         return hooks

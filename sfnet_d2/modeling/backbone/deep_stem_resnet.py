@@ -21,7 +21,8 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from sfnet_d2.modeling.backbone.robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
+from sfnet_d2.modeling.backbone.robustnet import (InstanceWhitening, WhiteningLossMixin,
+                                                  robustnet_backbone_options)
 from sfnet_d2.modeling.backbone.stages import run_stages
 
 __all__ = [
@@ -112,7 +113,7 @@ class DeepStem(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
-class DeepStemResNet(Backbone):
+class DeepStemResNet(WhiteningLossMixin, Backbone):
     """
     Deep-stem ResNet returning ``res2..res5`` (strides 4, 8, 16, 32). Each stage's blocks are in
     ``self.res{2..5}``; ``dilations`` gives the dilation of every block's 3x3 ``conv2`` per stage
@@ -195,9 +196,9 @@ class DeepStemResNet(Backbone):
     def forward(self, x) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         if x.dim() != 4:
             raise ValueError(f"DeepStemResNet takes (N, C, H, W) inputs, got shape {tuple(x.shape)}")
-        # In training with RobustNet IW/ISW the dict also holds "loss_whitening".
-        return forward_with_whitening_loss(self, self._forward_stages, x, self.robustnet_mode,
-                                           self.robustnet_loss_weight)
+        # Features only; in training with RobustNet IW/ISW the whitening loss is kept for
+        # pop_auxiliary_losses() (robustnet.py, taken by SFNetSemanticSegmentor).
+        return self.forward_with_whitening(x)
 
     def _forward_stages(self, x) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         return run_stages(self, self.stem(x), self._stage_names, self._out_features)

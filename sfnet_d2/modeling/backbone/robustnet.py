@@ -3,7 +3,7 @@ RobustNet's instance normalisation and instance (selective) whitening as options
 (Choi et al., "RobustNet: Improving Domain Generalization in Urban-Scene Segmentation via Instance
 Selective Whitening", CVPR 2021; official code ``shachoi/RobustNet``, files cited below). The SFNet
 paper uses it for its domain-generalisation experiment (Table 17, Sec. 4.6). docs/ROBUSTNET.md is
-the user documentation; this module is the model side, ``sfnet_d2/engine/robustnet_mask.py`` the
+the user documentation; this module is the model side, ``sfnet_d2/engine/isw_hook.py`` the
 training-time covariance statistics of ISW.
 
 ``MODEL.ROBUSTNET.MODE`` (official ``--wt_layer`` code in brackets):
@@ -28,9 +28,10 @@ The loss (official ``network/instance_whitening.py``, ``cov_settings.py``, ``dee
 IN output ``f`` (B, C, H, W) the per-instance covariance ``S = f f^T / (HW - 1) + 1e-5 I`` (``f`` is
 already zero-mean per channel), and per instance ``sum |S * M| / sum(M)`` with ``M`` the strict
 upper triangle (IW) or the selected sensitive elements (ISW); mean over the batch, mean over the
-layers, times ``LOSS_WEIGHT`` (official ``--wt_reg_weight`` 0.6). The backbone returns it, in
-training only, as ``"loss_whitening"`` in its output dict; the SFNet heads add every ``loss_*``
-entry of their input features to their losses (sfnet_d2/modeling/heads/sem_seg_head.py).
+layers, times ``LOSS_WEIGHT`` (official ``--wt_reg_weight`` 0.6). The backbone keeps it, in
+training only, as ``"loss_whitening"`` among its auxiliary losses (:class:`WhiteningLossMixin`),
+which ``SFNetSemanticSegmentor`` adds to the model's losses
+(sfnet_d2/modeling/meta_arch/semantic.py); the feature dict carries features only.
 
 ISW's mask (official ``CovMatrix_ISW.set_mask_matrix``): the variance, over an (original,
 photometrically augmented) image pair, of each strict-upper covariance element, averaged over the
@@ -42,7 +43,7 @@ applies no whitening loss in the first ``cov_stat_epoch + 1`` epochs).
 """
 import contextlib
 import logging
-from typing import Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,8 +54,8 @@ __all__ = [
     "ROBUSTNET_MODES", "LOSS_MODES", "WHITENING_LOSS_KEY", "InstanceWhitening",
     "instance_covariance", "strict_upper_mask", "whitening_loss", "covariance_pair_variance",
     "kmeans_1d", "select_sensitive_covariances", "whitening_modules", "record_whitened_features",
-    "robustnet_whitening_loss", "forward_with_whitening_loss", "robustnet_backbone_options",
-    "check_robustnet_applied",
+    "robustnet_whitening_loss", "forward_with_whitening_loss", "WhiteningLossMixin",
+    "robustnet_backbone_options", "check_robustnet_applied",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,6 @@ logger = logging.getLogger(__name__)
 ROBUSTNET_MODES = ("none", "is", "in", "iw", "isw")
 LOSS_MODES = ("iw", "isw")
 WHITENING_LOSS_KEY = "loss_whitening"
-# Heads that add the backbone's loss_* outputs to their losses (sem_seg_head.py).
-_HEADS_WITH_BACKBONE_LOSSES = ("SFNetHead", "SFNetLiteHead")
 _BUILDERS_WITH_OPTIONS = ("build_deep_stem_resnet_backbone", "build_stdc_backbone")
 _BN_ONLY_KEYS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -277,20 +276,54 @@ def robustnet_whitening_loss(recorded: Sequence[Tuple[InstanceWhitening, torch.T
 
 
 def forward_with_whitening_loss(backbone: nn.Module, forward_fn, x: torch.Tensor, mode: str,
-                                loss_weight: float):
-    """``forward_fn(x)`` (the backbone's feature dict); in training with mode ``iw``/``isw`` it also
-    holds ``WHITENING_LOSS_KEY``: ``loss_weight`` x the whitening loss, or 0 while an ISW mask is
-    not computed yet."""
+                                loss_weight: float) -> Tuple[Dict[str, torch.Tensor],
+                                                             Dict[str, torch.Tensor]]:
+    """``(forward_fn(x), losses)``: the backbone's feature dict and, in training with mode
+    ``iw``/``isw``, ``{WHITENING_LOSS_KEY: loss_weight x the whitening loss}`` (0 while an ISW mask
+    is not computed yet); otherwise no loss."""
     if not (backbone.training and mode in LOSS_MODES):
-        return forward_fn(x)
+        return forward_fn(x), {}
     if mode == "isw" and not all(bool(m.mask_ready) for m in whitening_modules(backbone)):
-        outputs = forward_fn(x)
-        outputs[WHITENING_LOSS_KEY] = x.new_zeros(())
-        return outputs
+        return forward_fn(x), {WHITENING_LOSS_KEY: x.new_zeros(())}
     with record_whitened_features(backbone) as recorded:
         outputs = forward_fn(x)
-    outputs[WHITENING_LOSS_KEY] = loss_weight * robustnet_whitening_loss(recorded)
-    return outputs
+    return outputs, {WHITENING_LOSS_KEY: loss_weight * robustnet_whitening_loss(recorded)}
+
+
+class WhiteningLossMixin:
+    """
+    The auxiliary-loss side of a backbone with the RobustNet option (``DeepStemResNet``,
+    ``STDCNet``): its ``forward`` returns ``self.forward_with_whitening(x)``, which runs
+    ``self._forward_stages`` (features only) and keeps the pass's losses (see
+    :func:`forward_with_whitening_loss`) until the meta-architecture takes them with
+    :meth:`pop_auxiliary_losses`. The class needs ``robustnet_mode`` and ``robustnet_loss_weight``.
+    """
+
+    def forward_with_whitening(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features, self._auxiliary_losses = forward_with_whitening_loss(
+            self, self._forward_stages, x, self.robustnet_mode, self.robustnet_loss_weight)
+        return features
+
+    def pop_auxiliary_losses(self) -> Dict[str, torch.Tensor]:
+        """The loss terms of the last forward pass (``WHITENING_LOSS_KEY`` in training with
+        IW/ISW; empty for every other mode, in eval, and when already taken). Taken once: a module
+        that kept a loss would keep its autograd graph alive, and could not be deep-copied (the
+        optimised inference path and export copy the model)."""
+        losses = getattr(self, "_auxiliary_losses", {})
+        self._auxiliary_losses = {}
+        return losses
+
+
+def _collects_backbone_losses(meta_architecture: str) -> bool:
+    """Whether the meta-architecture adds its backbone's auxiliary losses to its own: its class
+    says so with ``collects_backbone_auxiliary_losses = True`` (SFNetSemanticSegmentor)."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    try:
+        cls = META_ARCH_REGISTRY.get(meta_architecture)
+    except KeyError:  # not registered: build_model reports that itself
+        return False
+    return bool(getattr(cls, "collects_backbone_auxiliary_losses", False))
 
 
 def robustnet_backbone_options(cfg, positions: Sequence[str]) -> Tuple[str, Tuple[str, ...], float]:
@@ -309,18 +342,17 @@ def robustnet_backbone_options(cfg, positions: Sequence[str]) -> Tuple[str, Tupl
                          f"{list(positions)} (unknown: {bad})")
     if mode in LOSS_MODES:
         problems = []
-        if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
-            problems.append(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE}")
-        if cfg.MODEL.SEM_SEG_HEAD.NAME not in _HEADS_WITH_BACKBONE_LOSSES:
-            problems.append(f"MODEL.SEM_SEG_HEAD.NAME={cfg.MODEL.SEM_SEG_HEAD.NAME}")
+        if not _collects_backbone_losses(cfg.MODEL.META_ARCHITECTURE):
+            problems.append(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE} (does not add "
+                            "the backbone's losses to its own)")
         if cfg.MODEL.BACKBONE.NAME not in _BUILDERS_WITH_OPTIONS:
             problems.append(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME} (wraps the backbone)")
         if problems:
             raise ValueError(
-                f"MODEL.ROBUSTNET.MODE={mode!r} needs the whitening loss carried from the backbone "
-                f"to the losses by SemanticSegmentor with one of {_HEADS_WITH_BACKBONE_LOSSES} on "
-                f"{_BUILDERS_WITH_OPTIONS}; this config has {', '.join(problems)}. Use MODE 'is' or "
-                "'in' (no loss) with it, or one of those heads")
+                f"MODEL.ROBUSTNET.MODE={mode!r} needs the whitening loss taken from the backbone "
+                f"(one of {_BUILDERS_WITH_OPTIONS}) by a meta-architecture that adds it to the "
+                f"losses (MODEL.META_ARCHITECTURE 'SFNetSemanticSegmentor'); this config has "
+                f"{', '.join(problems)}. Use MODE 'is' or 'in' (no loss) with it, or those parts")
     return mode, layers, float(node.LOSS_WEIGHT)
 
 

@@ -38,7 +38,8 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from sfnet_d2.modeling.backbone.robustnet import InstanceWhitening, forward_with_whitening_loss, robustnet_backbone_options
+from sfnet_d2.modeling.backbone.robustnet import (InstanceWhitening, WhiteningLossMixin,
+                                                  robustnet_backbone_options)
 from sfnet_d2.modeling.backbone.stages import run_stages
 
 __all__ = ["STDC_LAYOUTS", "CatBottleneck", "STDCNet", "build_stdc_backbone",
@@ -116,7 +117,7 @@ class STDCStem(nn.Module):
         return self.conv2(self.conv1(x))
 
 
-class STDCNet(Backbone):
+class STDCNet(WhiteningLossMixin, Backbone):
     """
     STDC1/STDC2 returning any of ``res2`` (64@1/4, the stem output), ``res3`` (256@1/8),
     ``res4`` (512@1/16), ``res5`` (1024@1/32). Stages are ``self.stem`` and
@@ -211,9 +212,9 @@ class STDCNet(Backbone):
     def forward(self, x) -> Dict[str, torch.Tensor]:
         if x.dim() != 4:
             raise ValueError(f"STDCNet takes (N, C, H, W) inputs, got shape {tuple(x.shape)}")
-        # In training with RobustNet IW/ISW the dict also holds "loss_whitening".
-        return forward_with_whitening_loss(self, self._forward_stages, x, self.robustnet_mode,
-                                           self.robustnet_loss_weight)
+        # Features only; in training with RobustNet IW/ISW the whitening loss is kept for
+        # pop_auxiliary_losses() (robustnet.py, taken by SFNetSemanticSegmentor).
+        return self.forward_with_whitening(x)
 
     def _forward_stages(self, x) -> Dict[str, torch.Tensor]:
         outputs = {}

@@ -115,10 +115,7 @@ class _SFNetSemSegHeadBase(nn.Module):
             dsn_logits = []
             if self.dsn_heads is not None:
                 dsn_logits = [head(x) for head, x in zip(self.dsn_heads, neck_out["dsn"])]
-            losses = self.losses(logits, dsn_logits, targets)
-            # Loss terms the backbone computed (RobustNet's "loss_whitening", robustnet.py).
-            losses.update({k: v for k, v in features.items() if k.startswith("loss_")})
-            return None, losses
+            return None, self.losses(logits, dsn_logits, targets)
         size = [s * self.common_stride for s in logits.shape[-2:]]
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=True), {}
 

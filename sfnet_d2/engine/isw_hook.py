@@ -8,12 +8,12 @@ sfnet_d2/modeling/backbone/robustnet.py, user documentation in docs/ROBUSTNET.md
 changed copy (official ``CityScapesAug``: the full training image, once unchanged and once through
 ``ColorJitter(0.8, 0.8, 0.8, 0.3)`` + ``RandomGaussianBlur``; no crop, no resize, batch of one).
 Training batches do not carry such pairs, so the statistics have their own small pipeline:
-``PhotometricPairMapper`` reads a dataset record and returns ``(original, augmented)`` uint8 CHW
-tensors, with the jitter and blur of ``sfnet_d2/data/transforms.py`` (the official operations)
-seeded per (round, image) so that every process and every rerun draws the same views.
+``PhotometricPairMapper`` (sfnet_d2/data/dataset_mappers/photometric_pair_mapper.py) reads a
+dataset record and returns ``(original, augmented)`` uint8 CHW tensors, seeded here per (round,
+image) so that every process and every rerun draws the same views.
 
-**When.** ``ISWMaskHook`` (added by ``projects/SFNet/train_net.py`` when ``MODEL.ROBUSTNET.MODE`` is
-"isw") runs :func:`compute_isw_masks` before the first iteration of epoch ``COVSTAT_EPOCH + 1``
+**When.** ``ISWMaskHook`` (added by ``Trainer``, sfnet_d2/engine/trainer.py, when
+``MODEL.ROBUSTNET.MODE`` is "isw") runs :func:`compute_isw_masks` before the first iteration of epoch ``COVSTAT_EPOCH + 1``
 (official: after epoch ``--cov_stat_epoch`` ends), or at the start of training if that point is
 already past and the model has no mask (e.g. resumed from an earlier checkpoint); a mask loaded
 from a checkpoint is kept. Until then the backbone's whitening loss is zero.
@@ -30,67 +30,20 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import configurable
 from detectron2.data import DatasetCatalog
-from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from sfnet_d2.data.transforms import RandomColorJitter, RandomGaussianBlur
+from sfnet_d2.data.dataset_mappers.photometric_pair_mapper import PhotometricPairMapper
 from sfnet_d2.modeling.backbone.robustnet import (covariance_pair_variance, instance_covariance,
-                                  record_whitened_features, select_sensitive_covariances,
-                                  whitening_modules)
+                                                  record_whitened_features,
+                                                  select_sensitive_covariances, whitening_modules)
 from sfnet_d2.solver.epochs import resolve_iters_per_epoch
 
-__all__ = ["PhotometricPairMapper", "compute_isw_masks", "ISWMaskHook"]
+__all__ = ["compute_isw_masks", "ISWMaskHook"]
 
 logger = logging.getLogger(__name__)
-
-
-class PhotometricPairMapper:
-    """A dataset record -> ``(original, augmented)``: the full image as uint8 (3, H, W) tensors,
-    the second after colour jitter (always applied) and an optional Gaussian blur."""
-
-    @configurable
-    def __init__(self, *, image_format: str = "RGB",
-                 color_jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.3),
-                 blur_sigma_range: Optional[Sequence[float]] = (0.15, 1.3)):
-        if len(color_jitter) != 4:
-            raise ValueError("MODEL.ROBUSTNET.COVSTAT_COLOR_JITTER must be [brightness, contrast, "
-                             f"saturation, hue], got {list(color_jitter)}")
-        augs = [RandomColorJitter(*color_jitter, image_format=image_format)]
-        if blur_sigma_range:
-            augs.append(RandomGaussianBlur(blur_sigma_range, prob=1.0))
-        self.augmentations = T.AugmentationList(augs)
-        self.image_format = image_format
-
-    @classmethod
-    def from_config(cls, cfg):
-        node = cfg.MODEL.ROBUSTNET
-        return {"image_format": cfg.INPUT.FORMAT, "color_jitter": node.COVSTAT_COLOR_JITTER,
-                "blur_sigma_range": node.COVSTAT_BLUR_SIGMA_RANGE or None}
-
-    def __call__(self, record: dict, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        try:
-            image = utils.read_image(record["file_name"], format=self.image_format)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise OSError(f"ISW statistics: cannot read image {record['file_name']}: {e}") from e
-        # The detectron2 augmentations draw from numpy's global generator: seed it for this view
-        # and give the training stream its state back afterwards.
-        state = np.random.get_state()
-        np.random.seed(seed)
-        try:
-            aug_input = T.AugInput(image.copy())
-            self.augmentations(aug_input)
-        finally:
-            np.random.set_state(state)
-
-        def chw(a):
-            return torch.as_tensor(np.ascontiguousarray(a.transpose(2, 0, 1)))
-
-        return chw(image), chw(aug_input.image)
 
 
 def _view_seed(seed: int, trial: int, dataset: int, index: int) -> int:
