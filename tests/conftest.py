@@ -1,16 +1,15 @@
-"""Shared fixtures: a small demo dataset in the Cityscapes layout and config builders."""
+"""Shared fixtures: a small demo dataset in the Cityscapes layout, a root with every dataset name
+registered under a temporary folder, one torch thread. Plain helpers are in helpers.py."""
 import os
 import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "projects", "SFNet"))
+import sfnet_d2  # noqa: F401  (registers the datasets and the models)
 
-import sfnet_d2  # noqa: E402,F401
-from detectron2.config import get_cfg  # noqa: E402
-from sfnet_d2 import add_sfnet_config  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "projects", "SFNet"))
 
 torch.set_num_threads(2)
 
@@ -25,18 +24,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_cfg(config_file=None, opts=()):
-    cfg = get_cfg()
-    add_sfnet_config(cfg)
-    if config_file:
-        cfg.merge_from_file(os.path.join(ROOT, config_file))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +48,13 @@ def demo_datasets(demo_root):
                                      os.path.join(demo_root, "gtFine", split))
         names.append(name)
     return tuple(names)
+
+
+@pytest.fixture
+def registered_root(tmp_path):
+    """Every dataset name registered under tmp_path; the normal root is restored afterwards."""
+    from sfnet_d2.data.datasets import datasets_root, register_all_datasets
+
+    register_all_datasets(str(tmp_path))
+    yield str(tmp_path)
+    register_all_datasets(datasets_root())

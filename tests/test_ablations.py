@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import FPN, build_model
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.modeling import DeepStemResNet
 from sfnet_d2.modeling.alignment.build import merge_coarse_into_fine
 from sfnet_d2.modeling.alignment.deform_align import DeformableAlignModule

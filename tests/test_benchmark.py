@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.deployment.memory import keep_memory_supported
 from sfnet_d2.benchmark.timing import (
     OtherProcessLoad,

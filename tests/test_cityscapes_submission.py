@@ -11,7 +11,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from PIL import Image
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.data import SFNetSemanticDatasetMapper
 from sfnet_d2.evaluation import CityscapesSubmissionWriter, train_id_to_label_id_table
 

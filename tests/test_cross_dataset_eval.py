@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from conftest import ROOT
+from helpers import ROOT
 from sfnet_d2.data.datasets import register_cityscapes_semantic
 from sfnet_d2.data.datasets.common import cityscapes19_metadata, register_sem_seg
 
@@ -49,10 +49,10 @@ def cross_datasets(demo_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_run(cross_datasets, tmp_path_factory):
-    from test_all_configs import train_net  # projects/SFNet/train_net.py, loaded once
+    from sfnet_d2.engine import build_config, train_or_evaluate
 
     out = tmp_path_factory.mktemp("cross_eval")
-    cfg = train_net.build_config(DEMO_CONFIG, ["MODEL.DEVICE", "cpu"])
+    cfg = build_config(DEMO_CONFIG, ["MODEL.DEVICE", "cpu"])
     torch.manual_seed(3)
     model = build_model(cfg)
     with torch.no_grad():  # a random model that predicts classes the demo scenes contain
@@ -68,7 +68,7 @@ def eval_run(cross_datasets, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small images: one thread is faster on the shared machine
     try:
-        results = train_net.main(args)
+        results = train_or_evaluate(args)
     finally:
         torch.set_num_threads(threads)
     with open(out / "log.txt") as f:

@@ -9,7 +9,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.data import SFNetSemanticDatasetMapper
 from sfnet_d2.data.datasets import load_cityscapes_semantic_checked, register_cityscapes_semantic
 

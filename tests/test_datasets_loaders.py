@@ -1,6 +1,6 @@
 """Each dataset's loader and preparation command on a tiny synthetic tree in its real layout,
 created in tmp_path: records, remapped label values, overwrite protection and the errors for
-missing folders. The make_* builders are reused by test_datasets_uds.py."""
+missing folders. The make_* builders are in helpers.py (test_datasets_uds.py uses them too)."""
 import json
 import os
 
@@ -9,148 +9,31 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from helpers import (
+    MAPILLARY_EXPECTED,
+    H,
+    W,
+    idd_polygons,
+    make_ade20k,
+    make_bdd,
+    make_camvid,
+    make_cityscapes,
+    make_idd,
+    make_mapillary,
+    write_label,
+    write_rgb,
+)
 from sfnet_d2.data.datasets import (
     DatasetLayoutError,
-    datasets_root,
     load_bdd100k,
     load_camvid,
     load_cityscapes_coarse,
     load_idd_19,
     load_mapillary_vistas_19,
-    register_all_datasets,
 )
 from sfnet_d2.data.datasets.idd import rasterize_idd_label_ids
 from sfnet_d2.data.datasets.label_mapping import load_label_mapping
 from sfnet_d2.data.prepare import prepare_dataset, prepare_main
-
-H, W = 6, 8  # every synthetic image and label
-
-
-def _rgb(path, h=H, w=W, seed=0):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.random.RandomState(seed).randint(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-
-
-def _label(path, array, palette=False):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    im = Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L")
-    if palette:  # Mapillary stores labels as palette PNGs: the pixel value is the index
-        im = im.convert("P")
-        im.putpalette([(7 * i) % 256 for i in range(768)])
-    im.save(path)
-
-
-# ---------------------------------------------------------------- synthetic trees (real layouts)
-def make_cityscapes(root, split, cities=(("aachen", 2),), annotation="gtFine"):
-    base = os.path.join(root, "cityscapes")
-    for city, n in cities:
-        for k in range(n):
-            stem = f"{city}_{k:06d}_000019"
-            _rgb(os.path.join(base, "leftImg8bit", split, city, f"{stem}_leftImg8bit.png"), seed=k)
-            gt = os.path.join(base, annotation, split, city, f"{stem}_{annotation}_")
-            os.makedirs(os.path.dirname(gt), exist_ok=True)
-            with open(gt + "polygons.json", "w") as f:
-                json.dump({"imgHeight": H, "imgWidth": W, "objects": []}, f)
-            _label(gt + "labelIds.png", np.full((H, W), 7))
-            _label(gt + "instanceIds.png", np.full((H, W), 7))
-            _label(gt + "labelTrainIds.png", np.zeros((H, W)))
-
-
-MAPILLARY_PATTERN = np.array([[13, 55, 27, 8], [65, 24, 52, 50]], dtype=np.uint8)  # 2x4, tiled
-MAPILLARY_EXPECTED = np.array([[0, 13, 10, 255], [255, 0, 18, 7]], dtype=np.uint8)
-
-
-def make_mapillary(root, split, n, v2_zip=False, config=True):
-    base = os.path.join(root, "mapillary_vistas")
-    split_dir = os.path.join(base, {"train": "training", "val": "validation"}[split])
-    labels = os.path.join(split_dir, "v1.2", "labels") if v2_zip else os.path.join(split_dir, "labels")
-    for k in range(n):
-        name = f"img{split}{k:03d}"
-        _rgb(os.path.join(split_dir, "images", name + ".jpg"), seed=k)
-        _label(os.path.join(labels, name + ".png"), np.tile(MAPILLARY_PATTERN, (3, 2)), palette=True)
-    if config:
-        m = load_label_mapping("mapillary_vistas_v1.2_to_cityscapes19.csv")
-        cfg = {"labels": [{"readable": r["source_name"], "name": r["source_key"], "color": [0, 0, 0]}
-                          for r in m.rows]}
-        with open(os.path.join(base, "config_v1.2.json" if v2_zip else "config.json"), "w") as f:
-            json.dump(cfg, f)
-    return split_dir
-
-
-def idd_polygons():
-    """Objects drawn in order (later on top) on an 8x6 canvas; returns (objects, expected trainIds)."""
-    objects = [
-        {"label": "road", "polygon": [[0, 3], [7, 3], [7, 5], [0, 5]], "deleted": 0},
-        {"label": "sky", "polygon": [[0, 0], [7, 0], [7, 1], [0, 1]], "deleted": 0},
-        {"label": "persongroup", "polygon": [[0, 3], [1, 3], [1, 5], [0, 5]], "deleted": 0},
-        {"label": "autorickshaw", "polygon": [[6, 3], [7, 3], [7, 5], [6, 5]], "deleted": 0},
-        {"label": "non-drivable fallback", "polygon": [[3, 2], [4, 2], [4, 2], [3, 2]], "deleted": 0},
-        {"label": "sky", "polygon": [[0, 0], [7, 0], [7, 5], [0, 5]], "deleted": 1},  # skipped
-    ]
-    e = np.full((H, W), 255, np.uint8)  # 'unlabeled' background
-    e[3:6, :] = 0          # road
-    e[0:2, :] = 10         # sky
-    e[3:6, 0:2] = 11       # person (a group label)
-    e[3:6, 6:8] = 255      # autorickshaw: no Cityscapes class
-    e[2, 3:5] = 9          # terrain
-    return objects, e
-
-
-def make_idd(root, split, seqs=(("0", 2),)):
-    base = os.path.join(root, "IDD_Segmentation")
-    objects, _ = idd_polygons()
-    for seq, n in seqs:
-        for k in range(n):
-            stem = f"{k:06d}"
-            _rgb(os.path.join(base, "leftImg8bit", split, seq, f"{stem}_leftImg8bit.png"), seed=k)
-            gt = os.path.join(base, "gtFine", split, seq, f"{stem}_gtFine_polygons.json")
-            os.makedirs(os.path.dirname(gt), exist_ok=True)
-            with open(gt, "w") as f:
-                json.dump({"imgHeight": H, "imgWidth": W, "objects": objects}, f)
-    return base
-
-
-def make_bdd(root, split, n, layout="current"):
-    base = os.path.join(root, "bdd100k")
-    for k in range(n):
-        name = f"{split}{k:04d}-abc"
-        if layout == "current":
-            _rgb(os.path.join(base, "images", "10k", split, name + ".jpg"), seed=k)
-            _label(os.path.join(base, "labels", "sem_seg", "masks", split, name + ".png"),
-                   np.full((H, W), k % 19))
-        else:
-            _rgb(os.path.join(base, "seg", "images", split, name + ".jpg"), seed=k)
-            _label(os.path.join(base, "seg", "labels", split, name + "_train_id.png"),
-                   np.full((H, W), k % 19))
-    return base
-
-
-def make_camvid(root, split, n):
-    base = os.path.join(root, "CamVid")
-    for k in range(n):
-        name = f"0001TP_{k:06d}.png"
-        _rgb(os.path.join(base, split, name), seed=k)
-        _label(os.path.join(base, split + "annot", name), np.arange(H * W).reshape(H, W) % 12)
-    return base
-
-
-def make_ade20k(root, split, n):
-    base = os.path.join(root, "ADEChallengeData2016")
-    sub = {"train": "training", "val": "validation"}[split]
-    for k in range(n):
-        name = f"ADE_{sub}_{k:08d}"
-        _rgb(os.path.join(base, "images", sub, name + ".jpg"), seed=k)
-        _label(os.path.join(base, "annotations", sub, name + ".png"),
-               np.arange(H * W).reshape(H, W) * 3 % 151)
-    return base
-
-
-@pytest.fixture
-def registered_root(tmp_path):
-    """Every dataset name registered under tmp_path; the normal root is restored afterwards."""
-    register_all_datasets(str(tmp_path))
-    yield str(tmp_path)
-    register_all_datasets(datasets_root())
 
 
 def _read(path):
@@ -184,7 +67,7 @@ def test_prepare_keeps_existing_outputs_unless_overwrite(tmp_path, capsys):
     root = os.path.join(str(tmp_path), "mapillary_vistas")
     prepare_dataset("mapillary", root, ["val"])
     out = os.path.join(root, "validation", "labels_cityscapes19", "imgval000.png")
-    _label(out, np.full((H, W), 3))  # stands for an earlier, different output
+    write_label(out, np.full((H, W), 3))  # stands for an earlier, different output
     args = ["--root", root, "--splits", "val", "--num-workers", "1"]
     assert prepare_main("mapillary", "test", args) == {"val": {"written": 0, "kept": 2}}
     assert "2 existing kept" in capsys.readouterr().out
@@ -197,7 +80,7 @@ def test_mapillary_wrong_labels_are_refused(tmp_path):
     split_dir = make_mapillary(str(tmp_path), "val", 1)
     root = os.path.join(str(tmp_path), "mapillary_vistas")
     bad = os.path.join(split_dir, "labels", "imgval000.png")
-    _label(bad, np.full((H, W), 100))  # a v2.0 label id
+    write_label(bad, np.full((H, W), 100))  # a v2.0 label id
     with pytest.raises(ValueError, match=r"imgval000\.png.*\[100\]"):
         prepare_dataset("mapillary", root, ["val"])
     with open(os.path.join(root, "config.json")) as f:
@@ -240,7 +123,7 @@ def test_idd_from_toolkit_label_ids(tmp_path):
     m = load_label_mapping("idd_to_cityscapes19.csv")
     ids = np.array([[m.id_of("road"), m.id_of("car"), m.id_of("parking"), m.id_of("sky")]] * 2)
     for k in range(2):
-        _label(os.path.join(base, "gtFine", "val", "0", f"{k:06d}_gtFine_labelids.png"), ids)
+        write_label(os.path.join(base, "gtFine", "val", "0", f"{k:06d}_gtFine_labelids.png"), ids)
     prepare_dataset("idd", base, ["val"], from_label_ids=True)
     out = _read(os.path.join(base, "gtFine", "val", "0", "000000_gtFine_labelcsTrainIds.png"))
     np.testing.assert_array_equal(out, [[0, 13, 255, 10]] * 2)
@@ -284,7 +167,7 @@ def test_bdd100k_layouts(registered_root, layout, suffix):
 
 def test_bdd100k_image_without_mask_is_an_error(tmp_path):
     base = make_bdd(str(tmp_path), "val", 2)
-    _rgb(os.path.join(base, "images", "10k", "val", "extra.jpg"))
+    write_rgb(os.path.join(base, "images", "10k", "val", "extra.jpg"))
     with pytest.raises(FileNotFoundError, match=r"(?s)1 of 3 images.*extra\.png.*issue #103"):
         load_bdd100k(str(tmp_path), "val")
 
@@ -305,7 +188,7 @@ def test_camvid_prepare_and_load(registered_root):
     make_camvid(registered_root, "val", 1)  # not prepared
     with pytest.raises(FileNotFoundError, match=r"(?s)valannot_ignore255.*prepare_camvid.py"):
         load_camvid(registered_root, "val")
-    _label(os.path.join(base, "trainannot", "0001TP_000000.png"), np.full((H, W), 12))
+    write_label(os.path.join(base, "trainannot", "0001TP_000000.png"), np.full((H, W), 12))
     with pytest.raises(ValueError, match=r"\[12\]"):
         prepare_dataset("camvid", base, ["train"], overwrite=True)
 

@@ -2,14 +2,17 @@
 check_uds's report against the paper's Table 2 on a synthetic root."""
 import os
 import shutil
+import subprocess
+import sys
 
+import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-import check_uds
+from helpers import ROOT, make_bdd, make_cityscapes, make_idd, make_mapillary
 from sfnet_d2.data.datasets import PAPER_TABLE2, check_uds as run_check
 from sfnet_d2.data.datasets import uds
+from sfnet_d2.data.datasets.uds import format_uds_report
 from sfnet_d2.data.prepare import prepare_dataset
-from test_datasets_loaders import make_bdd, make_cityscapes, make_idd, make_mapillary, registered_root  # noqa: F401
 
 # (train, val) images per part in the synthetic root
 SIZES = {"Cityscapes": (3, 1), "IDD": (2, 1), "Mapillary": (2, 2), "BDD": (1, 2)}
@@ -53,7 +56,14 @@ def test_uds_is_the_union_of_the_four_parts(registered_root):  # noqa: F811
     assert MetadataCatalog.get("cityscapes_fine_sem_seg_val").evaluator_type == "cityscapes_sem_seg"
 
 
-def test_check_uds_report(tmp_path, monkeypatch, capsys):
+def _check_uds_report(root):
+    """(report, exit status) of projects/SFNet/check_uds.py, computed in this process so that the
+    test's scaled-down Table 2 applies."""
+    rows = run_check(root)
+    return format_uds_report(root, rows), 0 if all(r.ok for r in rows) else 1
+
+
+def test_check_uds_report(tmp_path, monkeypatch):
     root = str(tmp_path)
     make_uds(root)
     # Table 2 scaled down to the synthetic root; IDD val differs in an explained way, BDD train not
@@ -61,8 +71,8 @@ def test_check_uds_report(tmp_path, monkeypatch, capsys):
                                               "BDD": (5, 2), "UDS": (8, 9)})
     monkeypatch.setattr(uds, "KNOWN_DIFFERENCES", {("IDD", "val"): (1, "explained"),
                                                    ("UDS", "val"): (6, "explained too")})
-    assert check_uds.main(["--root", root]) == 1
-    out = capsys.readouterr().out
+    out, status = _check_uds_report(root)
+    assert status == 1
     rows = {tuple(line.split()[:2]): line.split()[2:5] for line in out.splitlines()[2:12]}
     assert rows[("Cityscapes", "train")] == ["3", "3", "ok"]
     assert rows[("IDD", "val")] == ["1", "4", "ok*"]
@@ -74,8 +84,8 @@ def test_check_uds_report(tmp_path, monkeypatch, capsys):
     # unprepared Mapillary labels and a missing BDD: named, with the layout and the command
     shutil.rmtree(os.path.join(root, "mapillary_vistas", "validation", "labels_cityscapes19"))
     shutil.rmtree(os.path.join(root, "bdd100k"))
-    assert check_uds.main(["--root", root]) == 1
-    out = capsys.readouterr().out
+    out, status = _check_uds_report(root)
+    assert status == 1
     rows = {tuple(line.split()[:2]): line.split()[2:5] for line in out.splitlines()[2:12]}
     assert rows[("Mapillary", "val")] == ["2", "2", "LABELS"]
     assert rows[("Mapillary", "train")] == ["2", "2", "ok"]
@@ -89,3 +99,15 @@ def test_check_uds_on_an_empty_root_lists_every_part_missing(tmp_path):
     assert [(r.name, r.split, r.status) for r in rows] == [
         (p, s, "MISSING") for p in ("Cityscapes", "IDD", "Mapillary", "BDD") for s in ("train", "val")
     ] + [("UDS", "train", "MISSING"), ("UDS", "val", "MISSING")]
+
+
+@pytest.mark.slow
+def test_check_uds_command_exits_1_and_names_every_missing_part(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "projects", "SFNet", "check_uds.py"),
+                           "--root", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert f"UDS root: {tmp_path}" in proc.stdout
+    for part in ("Cityscapes", "IDD", "Mapillary", "BDD", "UDS"):
+        for split in ("train", "val"):
+            assert any(line.split()[:3] == [part, split, "-"] and "MISSING" in line
+                       for line in proc.stdout.splitlines()), (part, split, proc.stdout)

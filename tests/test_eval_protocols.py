@@ -17,7 +17,7 @@ from detectron2.modeling import Backbone, SemanticSegmentor
 from PIL import Image
 from torch import nn
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.modeling.test_time_augmentation import (
     SemanticSegmentorWithTTA,
     wrap_with_inference_protocol,
@@ -262,7 +262,7 @@ def test_eval_only_and_trainer_test_use_the_configured_protocol(demo_root, demo_
                                                                 tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
-    from train_net import Trainer
+    from sfnet_d2.engine import Trainer
 
     # a randomly initialised demo model (its predictions vary over the image), saved once
     torch.manual_seed(0)

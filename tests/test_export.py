@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_cfg
+from helpers import make_cfg
 from detectron2.modeling import build_model
 from torch import nn
 

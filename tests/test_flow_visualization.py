@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
+from helpers import make_cfg
 from detectron2.modeling import build_model
 from PIL import Image
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.deployment import optimize_model, use_gather_warp
 from sfnet_d2.modeling.alignment.flow_alignment import FlowAlignModule, GatedDualFlowAlignModule
 from sfnet_d2.modeling.alignment.gather_warp import bilinear_taps, gather_taps

@@ -1,4 +1,4 @@
-"""MODEL.SFNET.INFERENCE.KEEP_MEMORY (sfnet_d2/deployment/memory.py): repeated calls stop paying
+"""DEPLOY.KEEP_MEMORY (sfnet_d2/deployment/memory.py): repeated calls stop paying
 page faults for their large activations, results are unchanged, the malloc setting is scoped,
 and a user's own malloc configuration is respected.
 
@@ -12,11 +12,9 @@ import sys
 import pytest
 import torch
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.deployment import memory as memory_module
 from sfnet_d2.deployment import optimize_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(
     not memory_module.keep_memory_supported(), reason="kept memory is a glibc allocator setting"
@@ -25,8 +23,7 @@ pytestmark = pytest.mark.skipif(
 # A small network whose activations (64 x 512 x 512 floats = 64 MiB) are above glibc's largest
 # mmap threshold (32 MiB), so that without kept memory every call maps them anew.
 _CHILD = r"""
-import json, resource, sys, torch
-sys.path.insert(0, {root!r})
+import json, resource, torch
 from sfnet_d2.deployment.memory import kept_memory
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -66,7 +63,7 @@ print(json.dumps(out))
 
 
 def _run_child(keep: bool, env=None):
-    code = _CHILD.format(root=ROOT, keep=keep)
+    code = _CHILD.format(keep=keep)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

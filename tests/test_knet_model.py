@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Instances
 
-from conftest import make_cfg
+from helpers import tiny_knet_cfg
 from sfnet_d2.modeling.meta_arch.knet import (InitialKernelHead, KernelUpdateStage, KNetClassLayout,
                                     SinePositionalEncoding)
 
@@ -75,17 +75,6 @@ def test_update_stage_shapes_and_hard_mask_grouping():
     assert torch.allclose(stage.fc_cls.bias, torch.full((5,), -math.log(99)))
 
 
-def _tiny_cfg(dataset="cityscapes_fine_panoptic_train", **overrides):
-    opts = ["MODEL.STDC.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 16,
-            "MODEL.KNET.NUM_PROPOSALS", 6, "MODEL.KNET.FEAT_CHANNELS", 32,
-            "MODEL.KNET.NUM_HEADS", 4, "MODEL.KNET.FFN_CHANNELS", 64,
-            "MODEL.KNET.NUM_STAGES", 2, "MODEL.KNET.STAGE_LOSS_WEIGHTS", [1.0, 1.0],
-            "DATASETS.TRAIN", (dataset,), "DATASETS.TEST", ()]
-    for k, v in overrides.items():
-        opts += [k, v]
-    return make_cfg("configs/coco/panoptic/knet_sfnet_STDC1.yaml", opts)
-
-
 def _input(h=64, w=96):
     inst = Instances((h, w))
     masks = torch.zeros(3, h, w, dtype=torch.bool)
@@ -102,7 +91,7 @@ def test_meta_architecture_losses_and_outputs():
     from detectron2.modeling import build_model
 
     torch.manual_seed(0)
-    model = build_model(_tiny_cfg(**{"MODEL.KNET.TEST.SEMANTIC_ON": True}))
+    model = build_model(tiny_knet_cfg(**{"MODEL.KNET.TEST.SEMANTIC_ON": True}))
     model.train()
     losses = model([_input(), _input(60, 90)])
     expected = {f"loss_rpn_{k}" for k in ("mask", "dice", "rank", "seg")} | {

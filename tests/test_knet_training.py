@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from PIL import Image
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.data import KNetPanopticDatasetMapper, ensure_demo_panoptic
 from sfnet_d2.data.datasets.panoptic import (register_cityscapes_panoptic,
                                              register_coco_panoptic_by_paths)

@@ -3,10 +3,10 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from helpers import tiny_knet_cfg
 from sfnet_d2.modeling.meta_arch.knet import KNetClassLayout
 from sfnet_d2.converters.knet_class_transfer import (CLASS_DEPENDENT_PATTERN, match_classes_by_name,
                                                     transfer_knet_weights)
-from test_knet_model import _tiny_cfg  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: tiny tensors
@@ -18,9 +18,9 @@ TARGET = "cityscapes_fine_panoptic_train"         # stuff first: road, sidewalk,
 @pytest.fixture(scope="module")
 def states():
     torch.manual_seed(0)
-    source = build_model(_tiny_cfg(SOURCE)).state_dict()
+    source = build_model(tiny_knet_cfg(SOURCE)).state_dict()
     source = {k: v + 1.0 if v.is_floating_point() else v for k, v in source.items()}  # "trained"
-    target = build_model(_tiny_cfg(TARGET)).state_dict()
+    target = build_model(tiny_knet_cfg(TARGET)).state_dict()
     return source, target
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.modeling.backbone.mit import (MIT_LAYOUTS, DropPath, EfficientSelfAttention,
                                             MixVisionTransformer, drop_path_rates)
 from sfnet_d2.modeling.heads.segformer_head import SegFormerHead

@@ -5,6 +5,8 @@ output; the official-layout encoder is also run by an independent functional imp
 official forward. Mismatched and foreign files are refused with the offending keys listed."""
 import importlib.util
 import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -13,16 +15,13 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.converters.mit_converter import (ConversionError, convert_mit_state_dict,
                                                detect_mit_layout, infer_mit_variant,
                                                mit_target_shapes, read_mit_checkpoint)
 from sfnet_d2.modeling.backbone.mit import MIT_LAYOUTS
 
-_spec = importlib.util.spec_from_file_location(
-    "sfnet_convert_mit", os.path.join(ROOT, "projects", "SFNet", "convert_mit.py"))
-convert_mit = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_mit)
+CONVERT_MIT = os.path.join(ROOT, "projects", "SFNet", "convert_mit.py")
 
 NUM_CLASSES = 7
 
@@ -166,10 +165,18 @@ def _official_mit_forward(sd, x, name):
     return outs
 
 
-def _convert(tmp_path, state, name="src.pth", **kwargs):
+def _convert_mit(*args):
+    """projects/SFNet/convert_mit.py ARGS in a fresh process (the completed process)."""
+    return subprocess.run([sys.executable, CONVERT_MIT, *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def _convert(tmp_path, state, name="src.pth", *args):
+    """``state`` saved as ``name`` and converted by convert_mit.py ``args``: the output file."""
     src, dst = str(tmp_path / name), str(tmp_path / "converted.pth")
     torch.save(state, src)
-    convert_mit.convert(src, dst, **kwargs)
+    proc = _convert_mit(src, dst, *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return dst
 
 
@@ -185,6 +192,7 @@ def b0():
     return _random_segformer("B0")
 
 
+@pytest.mark.slow
 def test_official_imagenet_file_gives_the_official_forward(tmp_path, b0):
     cfg, model = b0
     official = _official_keys(model, with_head=False)
@@ -203,12 +211,13 @@ def test_official_imagenet_file_gives_the_official_forward(tmp_path, b0):
     assert not torch.equal(loaded.sem_seg_head.predictor.weight, model.sem_seg_head.predictor.weight)
 
 
+@pytest.mark.slow
 def test_transformers_file_concatenates_key_and_value(tmp_path, b0):
     cfg, model = b0
     hf = _hf_keys(_official_keys(model, with_head=False), with_head=False)
     assert detect_mit_layout(hf) == "huggingface"
     assert not any(".kv." in k for k in hf)
-    dst = _convert(tmp_path, hf, name="pytorch_model.bin", variant="B0")
+    dst = _convert(tmp_path, hf, "pytorch_model.bin", "--variant", "B0")
     loaded = _loaded_model(cfg.clone(), dst)
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(loaded.backbone.state_dict()[key], value), key
@@ -219,6 +228,7 @@ def test_transformers_file_concatenates_key_and_value(tmp_path, b0):
     assert set(result.state_dict) == set(mit_target_shapes("B0"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["official", "huggingface"])
 def test_complete_segformer_models_give_the_same_logits(tmp_path, b0, layout):
     cfg, model = b0
@@ -237,9 +247,12 @@ def test_complete_segformer_models_give_the_same_logits(tmp_path, b0, layout):
     assert saved["matching_heuristics"] is False and layout in saved["__author__"]
     # --backbone-only on the same file drops the decoder, with the reason
     src = str(tmp_path / "src.pth")
-    result = convert_mit.convert(src, str(tmp_path / "bb.pth"), backbone_only=True)
-    assert all(k.startswith("backbone.") for k in result.state_dict)
-    assert any("backbone only" in reason for _, reason, _ in result.dropped)
+    proc = _convert_mit(src, tmp_path / "bb.pth", "--backbone-only")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    backbone = torch.load(tmp_path / "bb.pth", weights_only=True)["model"]
+    assert set(backbone) == {k for k in saved["model"] if k.startswith("backbone.")}
+    assert re.search(r"dropped \d+ tensors .*: decode head not converted \(backbone only\)",
+                     proc.stdout), proc.stdout
 
 
 def test_mismatched_files_are_refused_with_the_keys_listed(tmp_path, b0):
@@ -264,27 +277,36 @@ def test_mismatched_files_are_refused_with_the_keys_listed(tmp_path, b0):
     # B0 weights into a B1 model: every width differs
     with pytest.raises(ConversionError, match=r"shape mismatches"):
         convert_mit_state_dict(official, mit_target_shapes("B1"))
-    # the CLI checks --variant against the file and writes nothing
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_wrong_variant_a_damaged_file_and_an_existing_output(tmp_path, b0):
+    _, model = b0
+    # --variant is checked against the file, and nothing is written
     dst = tmp_path / "out.pth"
-    torch.save(official, tmp_path / "mit_b0.pth")
-    assert convert_mit.main([str(tmp_path / "mit_b0.pth"), str(dst), "--variant", "B1"]) == 1
+    torch.save(_official_keys(model, with_head=False), tmp_path / "mit_b0.pth")
+    proc = _convert_mit(tmp_path / "mit_b0.pth", dst, "--variant", "B1")
+    assert proc.returncode == 1 and "--variant B1 but" in proc.stderr, proc.stderr[-2000:]
     assert not dst.exists()
-
-
-def test_foreign_and_damaged_files_are_refused(tmp_path, capsys):
-    resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}
-    with pytest.raises(ConversionError, match=r"not a MiT / SegFormer checkpoint.*conv1\.weight"):
-        detect_mit_layout(resnet)
+    # a truncated download
     torch.save({"patch_embed1.proj.weight": torch.zeros(32, 3, 7, 7)}, tmp_path / "bad.pth")
     data = (tmp_path / "bad.pth").read_bytes()
-    (tmp_path / "bad.pth").write_bytes(data[: len(data) // 2])  # a truncated download
-    assert convert_mit.main([str(tmp_path / "bad.pth"), str(tmp_path / "o.pth")]) == 1
-    assert "damaged or not a PyTorch checkpoint" in capsys.readouterr().err
+    (tmp_path / "bad.pth").write_bytes(data[: len(data) // 2])
+    proc = _convert_mit(tmp_path / "bad.pth", tmp_path / "o.pth")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "damaged or not a PyTorch checkpoint" in proc.stderr
     # an existing output is kept unless --overwrite
     (tmp_path / "o.pth").write_bytes(b"keep")
     torch.save({"patch_embed1.proj.weight": torch.zeros(32, 3, 7, 7)}, tmp_path / "x.pth")
-    assert convert_mit.main([str(tmp_path / "x.pth"), str(tmp_path / "o.pth")]) == 1
+    proc = _convert_mit(tmp_path / "x.pth", tmp_path / "o.pth")
+    assert proc.returncode == 1 and "pass --overwrite" in proc.stderr, proc.stderr[-2000:]
     assert (tmp_path / "o.pth").read_bytes() == b"keep"
+
+
+def test_foreign_files_are_refused():
+    resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}
+    with pytest.raises(ConversionError, match=r"not a MiT / SegFormer checkpoint.*conv1\.weight"):
+        detect_mit_layout(resnet)
 
 
 def test_variant_is_read_from_the_file():

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from torch import nn
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.deployment.static_pooling import StaticAdaptiveAvgPool2d
 from sfnet_d2.deployment import (
     OptimizedSemanticSegmentor,

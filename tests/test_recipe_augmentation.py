@@ -7,7 +7,7 @@ import pytest
 from detectron2.data import transforms as T
 from PIL import Image
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.data import SFNetSemanticDatasetMapper
 from sfnet_d2.data.transforms import (
     CentroidAugInput,

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.solver import (
     WarmupPolyEpochLR,
     build_lr_scheduler,
@@ -116,7 +116,7 @@ def test_resolve_epoch_schedule_from_the_training_set(demo_datasets):
 
 def test_train_net_setup_records_the_resolved_schedule(demo_datasets, tmp_path):
     from detectron2.engine import default_argument_parser
-    from train_net import setup
+    from sfnet_d2.engine import setup
 
     args = default_argument_parser().parse_args([
         "--config-file", os.path.join(ROOT, "configs/demo/sfnet_lite_R18_demo.yaml"),
@@ -129,7 +129,7 @@ def test_train_net_setup_records_the_resolved_schedule(demo_datasets, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_amp_is_turned_off_without_cuda():
-    from train_net import build_config
+    from sfnet_d2.engine import build_config
 
     cfg = build_config(os.path.join(ROOT, "configs/demo/sfnet_lite_R18_demo.yaml"),
                        ["SOLVER.AMP.ENABLED", "True"])

@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from scipy import ndimage
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.data import SFNetSemanticDatasetMapper, build_sfnet_train_loader
 from sfnet_d2.data import uniform_sampling as us
 from sfnet_d2.data.uniform_sampling import (

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.engine import (
     CheckpointMismatchError,
     LastCheckpointError,

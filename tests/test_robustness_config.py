@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from sfnet_d2.config.checks import ConfigConsistencyError, check_config
-from train_net import build_config
+from sfnet_d2.engine import build_config
 
 LITE = "configs/cityscapes/semantic/sfnet_lite_R18.yaml"
 

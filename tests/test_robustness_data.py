@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.data import SFNetSemanticDatasetMapper
 from sfnet_d2.data.datasets import load_cityscapes_semantic_checked
 from sfnet_d2.data.train_stream import (BadSampleError, SkipCollectingLoader, TrainingStream,

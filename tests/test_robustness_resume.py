@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 TRAIN_NET = os.path.join(ROOT, "projects", "SFNet", "train_net.py")
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "sfnet_lite_R18_demo.yaml")

@@ -12,7 +12,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.engine import SFNetCheckpointer
 from sfnet_d2.data.dataset_mappers.photometric_pair_mapper import PhotometricPairMapper
 from sfnet_d2.engine.isw_hook import compute_isw_masks
@@ -458,14 +458,14 @@ TABLE17 = {"isw_fpn_ppm_R18.yaml": (43.2, 46.2), "isw_sfnet_R18.yaml": (45.2, 48
 
 
 def test_table17_configs_test_on_three_datasets_and_match_results_md():
-    from test_all_configs import _cfg, _header, _results_rows
+    from helpers import config_header, load_config, model_zoo_rows
 
     assert sorted(os.path.basename(c) for c in CONFIGS) == sorted(TABLE17)
     rows = {}
-    for row in _results_rows():
+    for row in model_zoo_rows():
         rows.setdefault(row["path"], set()).add(float(row["miou"]))
     for path in CONFIGS:
-        cfg = _cfg(path)
+        cfg = load_config(path)
         assert cfg.MODEL.ROBUSTNET.MODE == "isw"
         assert list(cfg.MODEL.ROBUSTNET.LAYERS) == ["stem", "res2", "res3"]
         assert tuple(cfg.DATASETS.TEST) == ("cityscapes_fine_sem_seg_val", "bdd100k_sem_seg_val",
@@ -473,10 +473,10 @@ def test_table17_configs_test_on_three_datasets_and_match_results_md():
         for name in cfg.DATASETS.TEST:
             assert len(MetadataCatalog.get(name).stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         bdd, idd = TABLE17[os.path.basename(path)]
-        header = _header(path)
+        header = config_header(path)
         assert "Table 17" in header and re.search(rf"{bdd} mIoU on BDD100K val and {idd} mIoU on IDD", header)
         assert rows.get(path) == {bdd, idd}, path
-    isw_aligns = {os.path.basename(p): _cfg(p).MODEL.SFNET.ALIGN for p in CONFIGS}
+    isw_aligns = {os.path.basename(p): load_config(p).MODEL.SFNET.ALIGN for p in CONFIGS}
     assert isw_aligns["isw_fpn_ppm_R18.yaml"] == isw_aligns["isw_fpn_ppm_STDC2.yaml"] == "bilinear"
 
 

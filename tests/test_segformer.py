@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.deployment import build_inference_model
 from sfnet_d2.modeling.heads.segformer_head import SegFormerHead
 from sfnet_d2.solver import build_lr_scheduler, build_optimizer

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer as d2_build_optimizer
 from torch import nn
 
-from conftest import make_cfg
+from helpers import make_cfg
 from sfnet_d2.config import add_sfnet_config
 from sfnet_d2.solver import build_optimizer
 from sfnet_d2.solver.build import NORM_TYPES

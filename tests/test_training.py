@@ -9,7 +9,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 from sfnet_d2.data import SFNetSemanticDatasetMapper
 
 TRAIN_NET = os.path.join(ROOT, "projects", "SFNet", "train_net.py")

@@ -1,0 +1,216 @@
+"""Plain helpers shared by the test modules (``from helpers import ...``; pytest puts tests/ on
+sys.path because tests/ has a conftest.py and no __init__.py). Fixtures live in conftest.py.
+
+* paths and configs: ``ROOT``, ``make_cfg`` (a CPU config with plain BN), ``load_config`` (a
+  YAML file through the library's ``build_config``, cached);
+* config headers and the model zoo table: ``config_header``, ``model_zoo_rows``,
+  ``model_zoo_text``;
+* ``tiny_knet_cfg``: a K-Net small enough to run a forward and backward in a test;
+* synthetic dataset trees in each dataset's real layout (``make_cityscapes`` ... ``make_ade20k``)
+  and the image/label writers they use.
+"""
+import functools
+import json
+import os
+import re
+
+import numpy as np
+from detectron2.config import get_cfg
+from PIL import Image
+
+from sfnet_d2 import add_sfnet_config
+from sfnet_d2.data.datasets.label_mapping import load_label_mapping
+from sfnet_d2.engine import build_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- configs
+def make_cfg(config_file=None, opts=()):
+    """An unfrozen config (``config_file`` relative to the repository root) on CPU with plain BN
+    (SyncBN needs a process group), then ``opts``."""
+    cfg = get_cfg()
+    add_sfnet_config(cfg)
+    if config_file:
+        cfg.merge_from_file(os.path.join(ROOT, config_file))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def load_config(path):
+    """The frozen config of ``path`` (relative to the root) as the commands build it, on CPU."""
+    return build_config(os.path.join(ROOT, path), ["MODEL.DEVICE", "cpu"])
+
+
+def config_header(path):
+    """The comment lines at the top of a YAML file (where each config states its paper row)."""
+    lines = []
+    with open(os.path.join(ROOT, path)) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line)
+    return "".join(lines)
+
+
+# A table row of MODEL_ZOO.md: | row | `configs/....yaml` | mIoU | ...
+_MODEL_ZOO_ROW = re.compile(
+    r"^\|(?P<row>[^|]*)\|\s*`(?P<path>configs/[^`]+\.yaml)`\s*\|\s*(?P<miou>[0-9.]+)\s*\|")
+
+
+def model_zoo_text():
+    with open(os.path.join(ROOT, "MODEL_ZOO.md")) as f:
+        return f.read()
+
+
+def model_zoo_rows():
+    """Each table row of MODEL_ZOO.md that names a config, as {"row", "path", "miou"} (strings)."""
+    return [m.groupdict() for m in map(_MODEL_ZOO_ROW.match, model_zoo_text().splitlines()) if m]
+
+
+def tiny_knet_cfg(dataset="cityscapes_fine_panoptic_train", **overrides):
+    """K-Net on STDC1 with 6 proposals, 32 channels and 2 stages: its shapes are the real ones,
+    its cost a test's. ``overrides`` are KEY=VALUE config overrides."""
+    opts = ["MODEL.STDC.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", 0,
+            "MODEL.SEM_SEG_HEAD.CONVS_DIM", 16,
+            "MODEL.KNET.NUM_PROPOSALS", 6, "MODEL.KNET.FEAT_CHANNELS", 32,
+            "MODEL.KNET.NUM_HEADS", 4, "MODEL.KNET.FFN_CHANNELS", 64,
+            "MODEL.KNET.NUM_STAGES", 2, "MODEL.KNET.STAGE_LOSS_WEIGHTS", [1.0, 1.0],
+            "DATASETS.TRAIN", (dataset,), "DATASETS.TEST", ()]
+    for k, v in overrides.items():
+        opts += [k, v]
+    return make_cfg("configs/coco/panoptic/knet_sfnet_STDC1.yaml", opts)
+
+
+# ---------------------------------------------------------------- synthetic dataset trees
+H, W = 6, 8  # every synthetic image and label
+
+
+def write_rgb(path, h=H, w=W, seed=0):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rgb = np.random.RandomState(seed).randint(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+
+
+def write_label(path, array, palette=False):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    im = Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L")
+    if palette:  # Mapillary stores labels as palette PNGs: the pixel value is the index
+        im = im.convert("P")
+        im.putpalette([(7 * i) % 256 for i in range(768)])
+    im.save(path)
+
+
+def make_cityscapes(root, split, cities=(("aachen", 2),), annotation="gtFine"):
+    base = os.path.join(root, "cityscapes")
+    for city, n in cities:
+        for k in range(n):
+            stem = f"{city}_{k:06d}_000019"
+            write_rgb(os.path.join(base, "leftImg8bit", split, city, f"{stem}_leftImg8bit.png"),
+                      seed=k)
+            gt = os.path.join(base, annotation, split, city, f"{stem}_{annotation}_")
+            os.makedirs(os.path.dirname(gt), exist_ok=True)
+            with open(gt + "polygons.json", "w") as f:
+                json.dump({"imgHeight": H, "imgWidth": W, "objects": []}, f)
+            write_label(gt + "labelIds.png", np.full((H, W), 7))
+            write_label(gt + "instanceIds.png", np.full((H, W), 7))
+            write_label(gt + "labelTrainIds.png", np.zeros((H, W)))
+
+
+MAPILLARY_PATTERN = np.array([[13, 55, 27, 8], [65, 24, 52, 50]], dtype=np.uint8)  # 2x4, tiled
+MAPILLARY_EXPECTED = np.array([[0, 13, 10, 255], [255, 0, 18, 7]], dtype=np.uint8)
+
+
+def make_mapillary(root, split, n, v2_zip=False, config=True):
+    base = os.path.join(root, "mapillary_vistas")
+    split_dir = os.path.join(base, {"train": "training", "val": "validation"}[split])
+    labels = os.path.join(split_dir, "v1.2", "labels") if v2_zip else os.path.join(split_dir,
+                                                                                    "labels")
+    for k in range(n):
+        name = f"img{split}{k:03d}"
+        write_rgb(os.path.join(split_dir, "images", name + ".jpg"), seed=k)
+        write_label(os.path.join(labels, name + ".png"), np.tile(MAPILLARY_PATTERN, (3, 2)),
+                    palette=True)
+    if config:
+        m = load_label_mapping("mapillary_vistas_v1.2_to_cityscapes19.csv")
+        cfg = {"labels": [{"readable": r["source_name"], "name": r["source_key"],
+                           "color": [0, 0, 0]} for r in m.rows]}
+        with open(os.path.join(base, "config_v1.2.json" if v2_zip else "config.json"), "w") as f:
+            json.dump(cfg, f)
+    return split_dir
+
+
+def idd_polygons():
+    """Objects drawn in order (later on top) on an 8x6 canvas; returns (objects, expected
+    trainIds)."""
+    objects = [
+        {"label": "road", "polygon": [[0, 3], [7, 3], [7, 5], [0, 5]], "deleted": 0},
+        {"label": "sky", "polygon": [[0, 0], [7, 0], [7, 1], [0, 1]], "deleted": 0},
+        {"label": "persongroup", "polygon": [[0, 3], [1, 3], [1, 5], [0, 5]], "deleted": 0},
+        {"label": "autorickshaw", "polygon": [[6, 3], [7, 3], [7, 5], [6, 5]], "deleted": 0},
+        {"label": "non-drivable fallback", "polygon": [[3, 2], [4, 2], [4, 2], [3, 2]],
+         "deleted": 0},
+        {"label": "sky", "polygon": [[0, 0], [7, 0], [7, 5], [0, 5]], "deleted": 1},  # skipped
+    ]
+    e = np.full((H, W), 255, np.uint8)  # 'unlabeled' background
+    e[3:6, :] = 0          # road
+    e[0:2, :] = 10         # sky
+    e[3:6, 0:2] = 11       # person (a group label)
+    e[3:6, 6:8] = 255      # autorickshaw: no Cityscapes class
+    e[2, 3:5] = 9          # terrain
+    return objects, e
+
+
+def make_idd(root, split, seqs=(("0", 2),)):
+    base = os.path.join(root, "IDD_Segmentation")
+    objects, _ = idd_polygons()
+    for seq, n in seqs:
+        for k in range(n):
+            stem = f"{k:06d}"
+            write_rgb(os.path.join(base, "leftImg8bit", split, seq, f"{stem}_leftImg8bit.png"),
+                      seed=k)
+            gt = os.path.join(base, "gtFine", split, seq, f"{stem}_gtFine_polygons.json")
+            os.makedirs(os.path.dirname(gt), exist_ok=True)
+            with open(gt, "w") as f:
+                json.dump({"imgHeight": H, "imgWidth": W, "objects": objects}, f)
+    return base
+
+
+def make_bdd(root, split, n, layout="current"):
+    base = os.path.join(root, "bdd100k")
+    for k in range(n):
+        name = f"{split}{k:04d}-abc"
+        if layout == "current":
+            write_rgb(os.path.join(base, "images", "10k", split, name + ".jpg"), seed=k)
+            write_label(os.path.join(base, "labels", "sem_seg", "masks", split, name + ".png"),
+                        np.full((H, W), k % 19))
+        else:
+            write_rgb(os.path.join(base, "seg", "images", split, name + ".jpg"), seed=k)
+            write_label(os.path.join(base, "seg", "labels", split, name + "_train_id.png"),
+                        np.full((H, W), k % 19))
+    return base
+
+
+def make_camvid(root, split, n):
+    base = os.path.join(root, "CamVid")
+    for k in range(n):
+        name = f"0001TP_{k:06d}.png"
+        write_rgb(os.path.join(base, split, name), seed=k)
+        write_label(os.path.join(base, split + "annot", name),
+                    np.arange(H * W).reshape(H, W) % 12)
+    return base
+
+
+def make_ade20k(root, split, n):
+    base = os.path.join(root, "ADEChallengeData2016")
+    sub = {"train": "training", "val": "validation"}[split]
+    for k in range(n):
+        name = f"ADE_{sub}_{k:08d}"
+        write_rgb(os.path.join(base, "images", sub, name + ".jpg"), seed=k)
+        write_label(os.path.join(base, "annotations", sub, name + ".png"),
+                    np.arange(H * W).reshape(H, W) * 3 % 151)
+    return base
