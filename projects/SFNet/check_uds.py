@@ -15,6 +15,7 @@ import sys
 
 from sfnet_d2.data.datasets import check_uds, datasets_root
 from sfnet_d2.data.datasets.uds import format_uds_report
+from sfnet_d2.engine.command_line import run_command
 
 
 def main(argv=None) -> int:
@@ -29,4 +30,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

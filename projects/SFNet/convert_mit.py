@@ -30,6 +30,7 @@ from sfnet_d2.converters.mit_converter import (
     mit_target_shapes,
     read_mit_checkpoint,
 )
+from sfnet_d2.engine.command_line import run_command
 from sfnet_d2.modeling.backbone.mit import MIT_LAYOUTS, MixVisionTransformer
 from sfnet_d2.modeling.heads.segformer_head import SegFormerHead
 
@@ -123,4 +124,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

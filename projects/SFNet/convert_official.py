@@ -18,16 +18,16 @@ import sys
 from collections import defaultdict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from sfnet_d2.engine import build_config
-from sfnet_d2.converters import (  # noqa: E402
+from sfnet_d2.converters import (
     ConversionError,
     convert_official_state_dict,
     read_official_checkpoint,
     resolve_arch,
 )
+from sfnet_d2.engine import build_config
+from sfnet_d2.engine.command_line import run_command
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
@@ -120,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -10,7 +10,26 @@ ROOT/annotations_detectron2/{training,validation}/*.png (classes 0..149, other -
 detectron2's ade20k_sem_seg_{train,val}. ROOT defaults to $DETECTRON2_DATASETS/ADEChallengeData2016.
 Existing outputs are kept unless --overwrite. See docs/DATASETS.md.
 """
-from sfnet_d2.data.prepare import prepare_main
+import argparse
+import logging
+import sys
+
+from sfnet_d2.data.prepare import add_prepare_arguments, prepare_from_args
+from sfnet_d2.engine.command_line import run_command
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_prepare_arguments(parser, "ade20k")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return prepare_from_args("ade20k", args)
+
 
 if __name__ == "__main__":
-    prepare_main("ade20k", __doc__)
+    sys.exit(run_command(main))

@@ -10,7 +10,26 @@ ROOT/{train,val,test}annot_ignore255/*.png, read by camvid_sem_seg_{train,val,te
 ROOT defaults to $DETECTRON2_DATASETS/CamVid. Existing outputs are kept unless --overwrite.
 See docs/DATASETS.md.
 """
-from sfnet_d2.data.prepare import prepare_main
+import argparse
+import logging
+import sys
+
+from sfnet_d2.data.prepare import add_prepare_arguments, prepare_from_args
+from sfnet_d2.engine.command_line import run_command
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_prepare_arguments(parser, "camvid")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return prepare_from_args("camvid", args)
+
 
 if __name__ == "__main__":
-    prepare_main("camvid", __doc__)
+    sys.exit(run_command(main))

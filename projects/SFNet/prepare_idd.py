@@ -13,14 +13,29 @@ With --from-label-ids it remaps *_gtFine_labelids.png made by IDD's toolkit (`--
 instead, as the official SFNet code does. ROOT defaults to $DETECTRON2_DATASETS/IDD_Segmentation.
 Existing outputs are kept unless --overwrite. See docs/DATASETS.md.
 """
-from sfnet_d2.data.prepare import prepare_main
+import argparse
+import logging
+import sys
+
+from sfnet_d2.data.prepare import add_prepare_arguments, prepare_from_args
+from sfnet_d2.engine.command_line import run_command
 
 
-def _extra(parser):
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_prepare_arguments(parser, "idd")
     parser.add_argument("--from-label-ids", action="store_true",
                         help="remap *_gtFine_labelids.png (IDD toolkit, --id-type id) instead of "
                              "drawing the polygon files")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return prepare_from_args("idd", args)
 
 
 if __name__ == "__main__":
-    prepare_main("idd", __doc__, extra_args=_extra)
+    sys.exit(run_command(main))

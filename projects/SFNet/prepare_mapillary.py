@@ -12,7 +12,26 @@ ROOT defaults to $DETECTRON2_DATASETS/mapillary_vistas. If ROOT/config.json (or 
 exists, its label list is checked against the mapping first. Existing outputs are kept unless
 --overwrite. See docs/DATASETS.md.
 """
-from sfnet_d2.data.prepare import prepare_main
+import argparse
+import logging
+import sys
+
+from sfnet_d2.data.prepare import add_prepare_arguments, prepare_from_args
+from sfnet_d2.engine.command_line import run_command
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_prepare_arguments(parser, "mapillary")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return prepare_from_args("mapillary", args)
+
 
 if __name__ == "__main__":
-    prepare_main("mapillary", __doc__)
+    sys.exit(run_command(main))

@@ -10,7 +10,8 @@ upsampling) and after (warping) alignment.
 
 Writes, per image, <name>_stage{i}_s{stride}_{flow,arrows,features}.png (stage 1 = coarsest),
 <name>_overview.png (image | flows | arrows of the finest stage | prediction) and color_wheel.png
-(the legend). See docs/DEMO.md.
+(the legend). MODEL.WEIGHTS is required ("random": an untrained model, on purpose). See
+docs/DEMO.md.
 """
 import argparse
 import logging
@@ -19,43 +20,16 @@ import sys
 from typing import Dict, List
 
 import torch
-from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import (  # noqa: E402
-    resize_for_test,
-    setup_model,
-    to_model_input,
-    to_rgb,
-)
-
-from sfnet_d2.deployment.verification import list_images  # noqa: E402
-from sfnet_d2.visualization.flow import record_alignments, save_flow_pictures  # noqa: E402
-from sfnet_d2.visualization.overlays import draw_prediction  # noqa: E402
+from sfnet_d2.deployment.verification import list_images
+from sfnet_d2.engine import Predictor
+from sfnet_d2.engine.command_line import run_command
+from sfnet_d2.visualization.demo import (build_demo_config, check_output_folder,
+                                         save_flow_pictures_of_image)
 
 logger = logging.getLogger("sfnet_d2.visualize_flow")
-
-
-def visualize_image(cfg, model, path: str, out_dir: str, metadata, feature_mode: str = "mean",
-                    arrow_step: int = 16) -> Dict[str, str]:
-    # at the size the model sees (the config's test-time resize; none for the SFNet configs)
-    image = resize_for_test(utils.read_image(path, format=cfg.INPUT.FORMAT),
-                            cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    outputs, records = record_alignments(model, [to_model_input(image)])
-    rgb = to_rgb(image, cfg.INPUT.FORMAT)
-    # the model's padding rule (SFNetKNet keeps it on the model, SemanticSegmentor on the backbone)
-    divisibility = getattr(model, "size_divisibility", None)
-    if divisibility is None:
-        divisibility = getattr(model.backbone, "size_divisibility", 0)
-    divisibility = max(int(divisibility or 0), 1)
-    padded = tuple(-(-s // divisibility) * divisibility for s in image.shape[:2])
-    segmentation = draw_prediction(rgb, outputs[0], metadata)
-    prefix = os.path.splitext(os.path.basename(path))[0]
-    return save_flow_pictures(rgb, records, out_dir, prefix, padded, feature_mode, arrow_step,
-                              segmentation)
 
 
 def get_parser():
@@ -77,18 +51,18 @@ def main(argv=None) -> List[Dict[str, str]]:
     args = get_parser().parse_args(argv)
     setup_logger(name="sfnet_d2")
     files = list_images(args.input)
-    # The plain model: the flows are read from its FAM / GD-FAM modules with forward hooks,
-    # which the optimised (BN-folded, traced) inference copy does not run.
-    cfg, model, _ = setup_model(args.config_file, list(args.opts), args.device, optimize=False)
-    metadata = MetadataCatalog.get((list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN))[0])
+    check_output_folder(args.output)
+    cfg = build_demo_config(args.config_file, args.opts, args.device)
+    # the plain model: the flows are read from its FAM / GD-FAM modules with forward hooks
+    predictor = Predictor(cfg, optimize=False, purpose="the flow pictures")
     results = []
-    for f in tqdm(files, desc="flow pictures", unit="img"):
-        results.append(visualize_image(cfg, model, f, args.output, metadata, args.feature_mode,
-                                       args.arrow_step))
+    with torch.no_grad():
+        for f in tqdm(files, desc="flow pictures", unit="img"):
+            results.append(save_flow_pictures_of_image(predictor, f, args.output,
+                                                       args.feature_mode, args.arrow_step))
     logger.info(f"Wrote {sum(len(r) for r in results)} pictures to {os.path.abspath(args.output)}")
     return results
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
-    main()
+    sys.exit(run_command(main))

@@ -1,5 +1,6 @@
 """
-One-off label preparation behind ``projects/SFNet/prepare_{mapillary,idd,camvid,ade20k}.py``:
+One-off label preparation behind ``projects/SFNet/prepare_{mapillary,idd,camvid,ade20k}.py``
+(their shared options: ``add_prepare_arguments``; ``prepare_from_args`` runs them):
 each original label file is converted once into the trainId PNG the loader reads (the table
 below), with a progress bar; existing outputs are kept unless ``--overwrite``, so an interrupted
 run resumes where it stopped.
@@ -24,7 +25,7 @@ from sfnet_d2.data.datasets import ade20k, camvid, idd, mapillary_vistas
 from sfnet_d2.data.datasets.common import DatasetLayoutError, datasets_root, list_files, require_dir
 from sfnet_d2.data.datasets.label_mapping import convert_label_files, default_num_workers
 
-__all__ = ["PREPARERS", "prepare_dataset", "prepare_main"]
+__all__ = ["PREPARERS", "add_prepare_arguments", "prepare_dataset", "prepare_from_args"]
 
 logger = logging.getLogger(__name__)
 Job = Tuple[str, str]
@@ -101,11 +102,12 @@ def prepare_dataset(dataset: str, root: str, splits: Optional[Sequence[str]] = N
     return summary
 
 
-def prepare_main(dataset: str, description: str, argv=None, extra_args: Callable = None):
-    """The command line shared by the prepare_*.py scripts."""
+def add_prepare_arguments(parser: argparse.ArgumentParser, dataset: str) -> argparse.ArgumentParser:
+    """Add the options shared by the ``prepare_*.py`` commands to ``parser`` (as detectron2's
+    ``default_argument_parser`` does for training): ``--root`` (default
+    ``$DETECTRON2_DATASETS/<the dataset's folder>``), ``--splits``, ``--overwrite``,
+    ``--num-workers``. ``prepare_from_args`` runs what they ask for."""
     folder, splits, _ = PREPARERS[dataset]
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=os.path.join(datasets_root(), folder),
                         help="the dataset folder (default: %(default)s, from $DETECTRON2_DATASETS)")
     parser.add_argument("--splits", nargs="+", choices=list(splits), default=list(splits))
@@ -113,12 +115,15 @@ def prepare_main(dataset: str, description: str, argv=None, extra_args: Callable
                         help="rewrite outputs that already exist (default: keep them)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="processes (default: min(8, CPUs))")
-    if extra_args:
-        extra_args(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def prepare_from_args(dataset: str, args: argparse.Namespace) -> Dict[str, Dict[str, int]]:
+    """``prepare_dataset`` with the options of ``add_prepare_arguments`` (any other attribute of
+    ``args``, e.g. IDD's ``from_label_ids``, is passed on as a dataset option); prints one line
+    per split and returns the summary."""
     options = {k: v for k, v in vars(args).items()
                if k not in ("root", "splits", "overwrite", "num_workers")}
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = prepare_dataset(dataset, args.root, args.splits, overwrite=args.overwrite,
                               num_workers=args.num_workers, **options)
     for split, counts in summary.items():
