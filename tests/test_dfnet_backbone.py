@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfnet_d2.converters.official_backbones import official_dfnet_key_map
 from sfnet_d2.modeling.backbone.dfnet import (
     DFNet,
     DFNetBasicBlock,
     build_dfnet_backbone,
-    official_dfnet_key_map,
 )
 
 KEYS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "official_keys")

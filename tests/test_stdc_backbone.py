@@ -11,8 +11,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
 from sfnet_d2 import add_sfnet_config
-from sfnet_d2.modeling.backbone.stdc import (CatBottleneck, STDCNet, build_stdc_backbone,
-                                             official_stdc_key_map)
+from sfnet_d2.converters.official_backbones import official_stdc_key_map
+from sfnet_d2.modeling.backbone.stdc import CatBottleneck, STDCNet, build_stdc_backbone
 
 KEYS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "official_keys")
 # Both SFNet (v1) and SFNet-Lite (v2) files: the backbone part is the same network.

@@ -7,21 +7,22 @@ The official models are built by factories such as ``network.sfnet_resnet.DeepR1
 DistributedDataParallel, STDC's duplicated alias entries); all are read with
 ``torch.load(weights_only=True)``, so a file that needs arbitrary code to unpickle is refused.
 
-Every official key is either mapped to one of our keys (same shape required), dropped with a
-stated reason (weights the official model builds but never uses in its forward, or the ImageNet
-classifier of a backbone file), or an alias verified equal to its canonical entry. Anything else
-- an unexpected key, a missing key of our model, a shape mismatch - stops the conversion with the
-full list, and nothing is written.
+Every official key (key maps: official_backbones.py, official_heads.py) is either mapped to one
+of our keys (same shape required), dropped with a stated reason (weights the official model
+builds but never uses in its forward, or the ImageNet classifier of a backbone file), or an alias
+verified equal to its canonical entry. Anything else - an unexpected key, a missing key of our
+model, a shape mismatch - stops the conversion with the full list, and nothing is written.
 """
 import os
 import pickle
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
+from sfnet_d2.converters.official_backbones import official_backbone_key_map
 from sfnet_d2.converters.official_heads import official_head_key_map
 
 __all__ = ["OFFICIAL_ARCHS", "OfficialArch", "ConversionError", "ConversionResult",
@@ -46,7 +47,8 @@ OFFICIAL_ARCHS: Dict[str, OfficialArch] = {
         OfficialArch("DeepR18_SFV2_deeply_dsn_FA_Atten", "sfnet_resnet",
                      _SEM + "sfnet_lite_R18.yaml", "resnet", "v2"),
         OfficialArch("DeepR50_SF_deeply", "sfnet_resnet", _SEM + "sfnet_R50.yaml", "resnet", "v1"),
-        OfficialArch("DeepR101_SF_deeply", "sfnet_resnet", _SEM + "sfnet_R101.yaml", "resnet", "v1"),
+        OfficialArch("DeepR101_SF_deeply", "sfnet_resnet", _SEM + "sfnet_R101.yaml", "resnet",
+                     "v1"),
         OfficialArch("AlignedSTDC1", "sfnet_stdcnet", _SEM + "sfnet_STDC1.yaml", "stdc", "v1"),
         OfficialArch("AlignedSTDC2", "sfnet_stdcnet", _SEM + "sfnet_STDC2.yaml", "stdc", "v1"),
         OfficialArch("AlignedSTDC1_SFV2_spatial_atten", "sfnet_stdcnet",
@@ -90,21 +92,9 @@ def resolve_arch(name: str) -> OfficialArch:
     if arch is None or (len(parts) > 1 and ".".join(parts[:-1]) != f"network.{arch.module}"):
         valid = ", ".join(f"{a.factory} (network.{a.module}.{a.factory})"
                           for a in OFFICIAL_ARCHS.values())
-        raise ConversionError(f"--arch {name!r} is not a supported official factory; use one of: {valid}")
+        raise ConversionError(
+            f"--arch {name!r} is not a supported official factory; use one of: {valid}")
     return arch
-
-
-def official_backbone_key_map(family: str, keys):
-    """Dispatch to the backbone family's own official key map."""
-    if family == "resnet":
-        from sfnet_d2.modeling.backbone.deep_stem_resnet import official_resnet_key_map as fn
-    elif family == "stdc":
-        from sfnet_d2.modeling.backbone.stdc import official_stdc_key_map as fn
-    elif family == "dfnet":
-        from sfnet_d2.modeling.backbone.dfnet import official_dfnet_key_map as fn
-    else:
-        raise ValueError(f"unknown backbone family {family!r}")
-    return fn(keys)
 
 
 def read_official_checkpoint(path: str) -> "OrderedDict[str, torch.Tensor]":

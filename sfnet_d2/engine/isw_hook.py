@@ -13,10 +13,11 @@ dataset record and returns ``(original, augmented)`` uint8 CHW tensors, seeded h
 image) so that every process and every rerun draws the same views.
 
 **When.** ``ISWMaskHook`` (added by ``Trainer``, sfnet_d2/engine/trainer.py, when
-``MODEL.ROBUSTNET.MODE`` is "isw") runs :func:`compute_isw_masks` before the first iteration of epoch ``COVSTAT_EPOCH + 1``
-(official: after epoch ``--cov_stat_epoch`` ends), or at the start of training if that point is
-already past and the model has no mask (e.g. resumed from an earlier checkpoint); a mask loaded
-from a checkpoint is kept. Until then the backbone's whitening loss is zero.
+``MODEL.ROBUSTNET.MODE`` is "isw") runs :func:`compute_isw_masks` before the first iteration of
+epoch ``COVSTAT_EPOCH + 1`` (official: after epoch ``--cov_stat_epoch`` ends), or at the start of
+training if that point is already past and the model has no mask (e.g. resumed from an earlier
+checkpoint); a mask loaded from a checkpoint is kept. Until then the backbone's whitening loss is
+zero.
 
 **What.** ``TRIALS`` rounds; in each, for each statistics dataset, ``COVSTAT_IMAGES`` images drawn
 at random; every pair goes through the backbone in eval mode as the batch [augmented, original]
@@ -85,7 +86,8 @@ def compute_isw_masks(model, datasets: Sequence[Tuple[str, List[dict]]], mapper,
                 count = torch.zeros((), dtype=torch.float64, device=device)
                 mine = chosen[rank::world]
                 for k, index in enumerate(mine):
-                    original, augmented = mapper(records[index], _view_seed(seed, trial, d, int(index)))
+                    view_seed = _view_seed(seed, trial, d, int(index))
+                    original, augmented = mapper(records[index], view_seed)
                     pair = torch.stack([augmented, original]).to(device).float()
                     pair = (pair - model.pixel_mean) / model.pixel_std
                     with record_whitened_features(backbone) as recorded:
@@ -109,8 +111,9 @@ def compute_isw_masks(model, datasets: Sequence[Tuple[str, List[dict]]], mapper,
                     masks[i] = selected if masks[i] is None else masks[i] & selected
                 off_diagonal = [c.channels * (c.channels - 1) // 2 for c in layers]
                 logger.info(
-                    f"ISW statistics, round {trial + 1}/{trials}, {name} ({int(count.item())} image "
-                    f"pairs): sensitive covariance elements per layer after intersection "
+                    f"ISW statistics, round {trial + 1}/{trials}, {name} "
+                    f"({int(count.item())} image pairs): sensitive covariance elements per layer "
+                    f"after intersection "
                     f"{[int(m.sum()) for m in masks]} of {off_diagonal}")
         for module, mask in zip(layers, masks):
             module.set_sensitive_mask(mask)
@@ -126,17 +129,20 @@ class ISWMaskHook(HookBase):
         node = cfg.MODEL.ROBUSTNET
         if node.MODE != "isw":
             raise ValueError(f"ISWMaskHook needs MODEL.ROBUSTNET.MODE 'isw', got {node.MODE!r}")
-        if node.CLUSTERS < 2 or node.TRIALS < 1 or node.COVSTAT_IMAGES < 1 or node.COVSTAT_EPOCH < 0:
+        if (node.CLUSTERS < 2 or node.TRIALS < 1 or node.COVSTAT_IMAGES < 1
+                or node.COVSTAT_EPOCH < 0):
             raise ValueError(
                 f"MODEL.ROBUSTNET: CLUSTERS={node.CLUSTERS} must be >= 2, TRIALS={node.TRIALS} and "
-                f"COVSTAT_IMAGES={node.COVSTAT_IMAGES} >= 1, COVSTAT_EPOCH={node.COVSTAT_EPOCH} >= 0")
+                f"COVSTAT_IMAGES={node.COVSTAT_IMAGES} >= 1, "
+                f"COVSTAT_EPOCH={node.COVSTAT_EPOCH} >= 0")
         blur = list(node.COVSTAT_BLUR_SIGMA_RANGE)
         if blur and len(blur) != 2:
             raise ValueError(f"MODEL.ROBUSTNET.COVSTAT_BLUR_SIGMA_RANGE={blur}: [min, max] or []")
         self.cfg = cfg
         self.dataset_names = list(node.COVSTAT_DATASETS) or list(cfg.DATASETS.TRAIN)
         if not self.dataset_names:
-            raise ValueError("ISW statistics need MODEL.ROBUSTNET.COVSTAT_DATASETS or DATASETS.TRAIN")
+            raise ValueError(
+                "ISW statistics need MODEL.ROBUSTNET.COVSTAT_DATASETS or DATASETS.TRAIN")
         self.mapper = PhotometricPairMapper(cfg)
         self.mask_iter: Optional[int] = None
         self._done = False
@@ -160,7 +166,8 @@ class ISWMaskHook(HookBase):
         else:
             node = self.cfg.MODEL.ROBUSTNET
             logger.info(f"RobustNet ISW: covariance statistics at iteration {self.trainer.iter} on "
-                        f"{self.dataset_names}: {node.TRIALS} rounds of {node.COVSTAT_IMAGES} images")
+                        f"{self.dataset_names}: {node.TRIALS} rounds of "
+                        f"{node.COVSTAT_IMAGES} images")
             counts = compute_isw_masks(
                 model, [(n, DatasetCatalog.get(n)) for n in self.dataset_names], self.mapper,
                 trials=node.TRIALS, images_per_trial=node.COVSTAT_IMAGES,

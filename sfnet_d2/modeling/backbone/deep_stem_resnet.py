@@ -11,10 +11,10 @@ network/sfnet_resnet.py; shapes measured by running lxtGH/SFSegNets@ba475ba):
   res5 **but keeps their strides**, so the output stride stays 32 (res2..res5 at 1/4..1/32).
 
 Option (off by default, ``MODEL.ROBUSTNET.*``): RobustNet's instance normalisation / whitening at
-the stem's last norm and at the output of a stage's last block (sfnet_d2/modeling/backbone/robustnet.py).
+the stem's last norm and at the output of a stage's last block
+(sfnet_d2/modeling/backbone/robustnet.py).
 """
-import re
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
@@ -25,9 +25,7 @@ from sfnet_d2.modeling.backbone.robustnet import (InstanceWhitening, WhiteningLo
                                                   robustnet_backbone_options)
 from sfnet_d2.modeling.backbone.stages import run_stages
 
-__all__ = [
-    "DeepStemResNet", "build_deep_stem_resnet_backbone", "official_resnet_key_map", "RESNET_DEPTHS"
-]
+__all__ = ["DeepStemResNet", "build_deep_stem_resnet_backbone", "RESNET_DEPTHS"]
 
 # depth -> (block type, blocks per stage)
 RESNET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)),
@@ -143,7 +141,8 @@ class DeepStemResNet(WhiteningLossMixin, Backbone):
             )
         if len(dilations) != 4:
             raise ValueError(
-                f"MODEL.SFNET.RESNET_DILATIONS must give 4 values (res2..res5), got {list(dilations)}"
+                f"MODEL.SFNET.RESNET_DILATIONS must give 4 values (res2..res5), "
+                f"got {list(dilations)}"
             )
         kind, blocks = RESNET_DEPTHS[depth]
         block_cls = BasicBlock if kind == "basic" else BottleneckBlock
@@ -156,12 +155,14 @@ class DeepStemResNet(WhiteningLossMixin, Backbone):
         self._out_feature_channels: Dict[str, int] = {}
         channels_in = self.stem.out_channels
         stage_names = []
-        for i, (n_blocks, width, dilation) in enumerate(zip(blocks, (64, 128, 256, 512), dilations)):
+        widths = (64, 128, 256, 512)
+        for i, (n_blocks, width, dilation) in enumerate(zip(blocks, widths, dilations)):
             name = f"res{i + 2}"
             stride = 1 if i == 0 else 2
             layers = []
             for b in range(n_blocks):
-                layers.append(block_cls(channels_in, width, stride if b == 0 else 1, dilation, norm))
+                layers.append(
+                    block_cls(channels_in, width, stride if b == 0 else 1, dilation, norm))
                 channels_in = width * block_cls.expansion
             if name in whiten:
                 layers[-1].instance_norm = InstanceWhitening(channels_in, robustnet_mode)
@@ -195,7 +196,8 @@ class DeepStemResNet(WhiteningLossMixin, Backbone):
 
     def forward(self, x) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         if x.dim() != 4:
-            raise ValueError(f"DeepStemResNet takes (N, C, H, W) inputs, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"DeepStemResNet takes (N, C, H, W) inputs, got shape {tuple(x.shape)}")
         # Features only; in training with RobustNet IW/ISW the whitening loss is kept for
         # pop_auxiliary_losses() (robustnet.py, taken by SFNetSemanticSegmentor).
         return self.forward_with_whitening(x)
@@ -232,55 +234,3 @@ def build_deep_stem_resnet_backbone(cfg, input_shape: ShapeSpec) -> DeepStemResN
         robustnet_layers=layers,
         robustnet_loss_weight=loss_weight,
     )
-
-
-_OFFICIAL_STEM = {  # official index in layer0.0 (or conv1 in ImageNet files) -> our stem key
-    "0": "conv1.weight", "3": "conv2.weight", "6": "conv3.weight",
-    "1": "conv1.norm", "4": "conv2.norm",
-}
-_OFFICIAL_BLOCK_NAME = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(.+)$")
-
-
-def official_resnet_key_map(official_keys) -> Dict[str, Tuple[str, Optional[str]]]:
-    """
-    Map official deep-stem ResNet keys to ours, for the checkpoint converter. Accepts both
-    layouts the official files use: the SFNet models' ``layer0.0.{0,1,3,4,6}``/``layer0.1``
-    stem, and the ImageNet-pretrained files' ``conv1.{0,1,3,4,6}``/``bn1`` stem (whose ``fc``
-    classifier is dropped). Returns ``{key: ("ours", our_key) | ("drop", reason)}``; keys it does
-    not recognise are left out.
-    """
-    out = {}
-    for key in official_keys:
-        m = re.match(r"^(?:layer0\.0|conv1)\.(\d)\.(.+)$", key)
-        if m and m.group(1) in _OFFICIAL_STEM:
-            target = _OFFICIAL_STEM[m.group(1)]
-            if target.endswith(".weight"):
-                if m.group(2) == "weight":
-                    out[key] = ("ours", f"stem.{target}")
-            else:
-                out[key] = ("ours", f"stem.{target}.{m.group(2)}")
-            continue
-        m = re.match(r"^(?:layer0\.1|bn1)\.(.+)$", key)
-        if m:
-            out[key] = ("ours", f"stem.conv3.norm.{m.group(1)}")
-            continue
-        m = _OFFICIAL_BLOCK_NAME.match(key)
-        if m:
-            stage, block, part, rest = m.groups()
-            if part.startswith("conv"):
-                if rest == "weight":
-                    out[key] = ("ours", f"res{int(stage) + 1}.{block}.{part}.weight")
-                continue
-            if part.startswith("bn"):
-                target = f"conv{part[2]}.norm.{rest}"
-            elif part == "downsample.0":
-                if rest != "weight":
-                    continue
-                target = "shortcut.weight"
-            else:
-                target = f"shortcut.norm.{rest}"
-            out[key] = ("ours", f"res{int(stage) + 1}.{block}.{target}")
-            continue
-        if key.startswith("fc."):
-            out[key] = ("drop", "ImageNet classifier, not part of the segmentation backbone")
-    return out

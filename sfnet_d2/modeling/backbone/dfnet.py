@@ -29,14 +29,13 @@ stage4_2 (512 @ 1/32).
 
 Left out: the official backbones also create an ``AvgPool2d(7)`` that SFNet never calls (it has
 no weights); the ImageNet-pretrained DFNet files may add an ``fc`` classifier, which
-:func:`official_dfnet_key_map` drops.
+``official_dfnet_key_map`` (sfnet_d2/converters/official_backbones.py) drops.
 
 Init: the official dfnet classes do no explicit initialisation, so a fresh model has PyTorch's
 defaults (conv: kaiming_uniform(a=sqrt(5)); BN weight 1, bias 0). In the official pipeline they
 are immediately overwritten by the ImageNet file; here they are overwritten by MODEL.WEIGHTS.
 """
-import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +43,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-__all__ = ["DFNet", "DFNetBasicBlock", "DFNET_SPECS", "build_dfnet_backbone",
-           "official_dfnet_key_map"]
+__all__ = ["DFNet", "DFNetBasicBlock", "DFNET_SPECS", "build_dfnet_backbone"]
 
 # name -> (stages as (module name, width, number of blocks, stride of the first block),
 #          {output name: stage whose output it is}). Module names are the official ones, so the
@@ -133,7 +131,8 @@ class DFNet(Backbone):
         key = str(name).upper()
         if key not in DFNET_SPECS:
             raise ValueError(
-                f"MODEL.DFNET.NAME={name!r} is not a DFNet version; use one of {sorted(DFNET_SPECS)}"
+                f"MODEL.DFNET.NAME={name!r} is not a DFNet version; "
+                f"use one of {sorted(DFNET_SPECS)}"
             )
         stages, outputs = DFNET_SPECS[key]
         unknown = [f for f in out_features if f not in outputs]
@@ -203,48 +202,3 @@ def build_dfnet_backbone(cfg, input_shape: ShapeSpec) -> DFNet:
         norm=cfg.MODEL.DFNET.NORM,
         in_channels=input_shape.channels,
     )
-
-
-_STAGE_NAMES = "|".join(sorted({s[0] for spec in DFNET_SPECS.values() for s in spec[0]},
-                               key=len, reverse=True))
-_OFFICIAL_BLOCK_KEY = re.compile(
-    rf"^({_STAGE_NAMES})\.(\d+)\.(conv1|conv2|bn1|bn2|downsample\.0|downsample\.1)\.(.+)$"
-)
-_OFFICIAL_STEM_KEY = re.compile(r"^stage1\.([0134])\.(.+)$")
-_STEM_INDEX = {"0": "conv1", "1": "conv1", "3": "conv2", "4": "conv2"}  # Sequential index -> ours
-_BLOCK_PART = {"conv1": "conv1", "bn1": "conv1.norm", "conv2": "conv2", "bn2": "conv2.norm",
-               "downsample.0": "shortcut", "downsample.1": "shortcut.norm"}
-
-
-def official_dfnet_key_map(official_keys) -> Dict[str, Tuple[str, Optional[str]]]:
-    """
-    Map official DFNet backbone keys (without ``backbone.``; SFNet checkpoints and the
-    ImageNet-pretrained df1/df2 files use the same names) to ours, for the checkpoint converter.
-
-    ``stage1.{0,3}`` -> ``stem.conv{1,2}``, ``stage1.{1,4}`` -> ``stem.conv{1,2}.norm``;
-    inside a block ``bnK`` -> ``convK.norm`` and ``downsample.{0,1}`` -> ``shortcut[.norm]``;
-    stage names are unchanged. The ImageNet ``fc`` classifier is dropped. Returns
-    ``{key: ("ours", our_key) | ("drop", reason)}``; keys it does not recognise are left out
-    (e.g. conv biases, which no official DFNet conv has).
-    """
-    out: Dict[str, Tuple[str, Optional[str]]] = {}
-    for key in official_keys:
-        m = _OFFICIAL_STEM_KEY.match(key)
-        if m:
-            index, rest = m.groups()
-            is_conv = index in ("0", "3")
-            if is_conv and rest == "weight":
-                out[key] = ("ours", f"stem.{_STEM_INDEX[index]}.weight")
-            elif not is_conv:
-                out[key] = ("ours", f"stem.{_STEM_INDEX[index]}.norm.{rest}")
-            continue
-        m = _OFFICIAL_BLOCK_KEY.match(key)
-        if m:
-            stage, block, part, rest = m.groups()
-            if part in ("conv1", "conv2", "downsample.0") and rest != "weight":
-                continue  # every official conv is bias-free; anything else is unknown
-            out[key] = ("ours", f"{stage}.{block}.{_BLOCK_PART[part]}.{rest}")
-            continue
-        if re.match(r"^fc\.(weight|bias)$", key):
-            out[key] = ("drop", "ImageNet classifier, not used by the SFNet backbone")
-    return out

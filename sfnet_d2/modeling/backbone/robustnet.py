@@ -84,7 +84,8 @@ class InstanceWhitening(nn.Module):
     def __init__(self, channels: int, mode: str, eps: float = 1e-5):
         super().__init__()
         if mode not in ROBUSTNET_MODES or mode == "none":
-            raise ValueError(f"InstanceWhitening mode must be one of {ROBUSTNET_MODES[1:]}, got {mode!r}")
+            raise ValueError(
+                f"InstanceWhitening mode must be one of {ROBUSTNET_MODES[1:]}, got {mode!r}")
         self.channels = channels
         self.mode = mode
         self.eps = eps
@@ -95,7 +96,8 @@ class InstanceWhitening(nn.Module):
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
         if mode == "isw":
-            self.register_buffer("sensitive_mask", torch.zeros(channels, channels, dtype=torch.bool))
+            self.register_buffer("sensitive_mask",
+                                 torch.zeros(channels, channels, dtype=torch.bool))
             self.register_buffer("mask_ready", torch.zeros((), dtype=torch.bool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,8 +110,10 @@ class InstanceWhitening(nn.Module):
         if self.mode != "isw":
             raise RuntimeError(f"set_sensitive_mask on an InstanceWhitening of mode {self.mode!r}")
         if tuple(mask.shape) != (self.channels, self.channels):
-            raise ValueError(f"sensitive mask of shape {tuple(mask.shape)} for {self.channels} channels")
-        self.sensitive_mask.copy_(mask.to(torch.bool) & strict_upper_mask(self.channels, mask.device))
+            raise ValueError(
+                f"sensitive mask of shape {tuple(mask.shape)} for {self.channels} channels")
+        upper = strict_upper_mask(self.channels, mask.device)
+        self.sensitive_mask.copy_(mask.to(torch.bool) & upper)
         self.mask_ready.fill_(True)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -161,7 +165,8 @@ def whitening_loss(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return per_instance.mean()
 
 
-def covariance_pair_variance(cov_original: torch.Tensor, cov_augmented: torch.Tensor) -> torch.Tensor:
+def covariance_pair_variance(cov_original: torch.Tensor,
+                             cov_augmented: torch.Tensor) -> torch.Tensor:
     """Per image, the unbiased variance over the (original, augmented) pair of every strict-upper
     covariance element, ``(a - b)^2 / 2``; other elements 0. (B, C, C). The official code takes
     ``torch.var`` over its covariance batch [augmented, original] of one image."""
@@ -248,7 +253,8 @@ def whitening_modules(module: nn.Module) -> List[InstanceWhitening]:
 
 
 @contextlib.contextmanager
-def record_whitened_features(module: nn.Module) -> Iterator[List[Tuple[InstanceWhitening, torch.Tensor]]]:
+def record_whitened_features(
+        module: nn.Module) -> Iterator[List[Tuple[InstanceWhitening, torch.Tensor]]]:
     """While active, every forward of an ``InstanceWhitening`` inside ``module`` appends
     ``(that module, its output)`` to the yielded list (forward hooks, removed on exit)."""
     recorded: List[Tuple[InstanceWhitening, torch.Tensor]] = []
@@ -261,13 +267,15 @@ def record_whitened_features(module: nn.Module) -> Iterator[List[Tuple[InstanceW
             h.remove()
 
 
-def robustnet_whitening_loss(recorded: Sequence[Tuple[InstanceWhitening, torch.Tensor]]) -> torch.Tensor:
+def robustnet_whitening_loss(
+        recorded: Sequence[Tuple[InstanceWhitening, torch.Tensor]]) -> torch.Tensor:
     """Mean over the recorded IW/ISW layers of :func:`whitening_loss` (official ``wt_loss /
     len(w_arr)``)."""
     losses = []
     for module, features in recorded:
         if module.mode == "iw":
-            losses.append(whitening_loss(features, strict_upper_mask(module.channels, features.device)))
+            upper = strict_upper_mask(module.channels, features.device)
+            losses.append(whitening_loss(features, upper))
         elif module.mode == "isw":
             losses.append(whitening_loss(features, module.sensitive_mask))
     if not losses:

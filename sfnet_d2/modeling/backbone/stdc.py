@@ -17,9 +17,9 @@ network/sfnet_stdcnet.py). Base width 64, 4 branches per block, the
 
 Not built: the ImageNet classifier tail (``conv_last``, ``fc``, ``bn``, ``linear``; 3,125,248
 parameters that SFNet keeps in its state_dict but never runs) and the ``x2``..``x32`` wrappers,
-which make every official backbone tensor appear twice in the state_dict.
-``official_stdc_key_map`` translates official key names (SFNet checkpoints and the ImageNet STDC
-files use the same ones) to ours.
+which make every official backbone tensor appear twice in the state_dict. The official key names
+(SFNet checkpoints and the ImageNet STDC files use the same ones) are translated to ours by
+``official_stdc_key_map`` (sfnet_d2/converters/official_backbones.py).
 
 One official quirk we do not reproduce: the official CatBottleneck forwards ``norm_layer`` only to
 ``avd``, so with ``--syncbn`` only those norms are synchronised. Here ``MODEL.STDC.NORM`` applies to
@@ -29,8 +29,7 @@ Option (off by default, ``MODEL.ROBUSTNET.*``): RobustNet's instance normalisati
 place of the stem convs' norms and on the output of a stage's last block
 (sfnet_d2/modeling/backbone/robustnet.py).
 """
-import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +41,7 @@ from sfnet_d2.modeling.backbone.robustnet import (InstanceWhitening, WhiteningLo
                                                   robustnet_backbone_options)
 from sfnet_d2.modeling.backbone.stages import run_stages
 
-__all__ = ["STDC_LAYOUTS", "CatBottleneck", "STDCNet", "build_stdc_backbone",
-           "official_stdc_key_map"]
+__all__ = ["STDC_LAYOUTS", "CatBottleneck", "STDCNet", "build_stdc_backbone"]
 
 # MODEL.STDC.NAME -> CatBottleneck blocks in res3, res4, res5 (official STDCNet813 / STDCNet1446).
 STDC_LAYOUTS = {"STDC1": (2, 2, 2), "STDC2": (4, 5, 3)}
@@ -185,7 +183,8 @@ class STDCNet(WhiteningLossMixin, Backbone):
     def _init_weights(self):
         # Official from-scratch init (init_params): kaiming normal with fan_out for every conv
         # (torch's default leaky_relu with a=0 has the ReLU gain sqrt(2)), norm weight 1, bias 0.
-        # SFNet normally starts from the ImageNet STDC weights instead; see official_stdc_key_map.
+        # SFNet normally starts from the ImageNet STDC weights instead (converted with
+        # sfnet_d2/converters/official_backbones.py).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -250,116 +249,3 @@ def build_stdc_backbone(cfg, input_shape: ShapeSpec) -> STDCNet:
         robustnet_layers=layers,
         robustnet_loss_weight=loss_weight,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Official key names -> ours.
-# Official: features.0 / features.1 are the stem ConvX ({conv.weight, bn.*}); features.N (N >= 2)
-# are the blocks in order ({conv_list.k.conv.weight, conv_list.k.bn.*, avd_layer.0.weight,
-# avd_layer.1.*}). x2/x4/x8/x16/x32 are nn.Sequential wrappers around slices of ``features``;
-# slicing keeps the original child names, so ``x16.0.4.conv_list.0.conv.weight`` is
-# ``features.4.conv_list.0.conv.weight`` again.
-# Ours: stem.conv{1,2}.{weight, norm.*}; res{3,4,5}.{j}.convs.{k}.{weight, norm.*} and
-# res{3,4,5}.0.avd.{weight, norm.*}.
-
-_TAIL = {"conv_last": "ImageNet classifier 1x1 ConvX (conv_last) is not built",
-         "fc": "ImageNet classifier fc is not built",
-         "bn": "ImageNet classifier BatchNorm1d (bn) is not built",
-         "linear": "ImageNet classifier linear layer is not built"}
-_ALIAS_GROUPS = ("x2", "x4", "x8", "x16", "x32")  # stem conv1, stem conv2, res3, res4, res5
-_NORM_PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_FEATURE_RE = re.compile(r"^features\.(\d+)\.(.+)$")
-_ALIAS_RE = re.compile(r"^(x2|x4|x8|x16|x32)\.0\.(\d+)\.(.+)$")
-_STEM_PART_RE = re.compile(rf"^(?:conv\.weight|bn\.{_NORM_PARAM})$")
-_BLOCK_PART_RE = re.compile(
-    rf"^(?:conv_list\.([0-3])\.(?:conv\.weight|bn\.{_NORM_PARAM})"
-    rf"|avd_layer\.(?:0\.weight|1\.{_NORM_PARAM}))$"
-)
-
-
-def _feature_owner(layout: Sequence[int]) -> List[Tuple[str, int]]:
-    """features index -> (our stage, block index); indices 0 and 1 are the stem convs."""
-    owners = [("stem", 1), ("stem", 2)]
-    for stage, n_blocks in zip(_STAGE_NAMES, layout):
-        owners += [(stage, j) for j in range(n_blocks)]
-    return owners
-
-
-def _infer_layout(indices: Iterable[int], name: Optional[str]) -> Sequence[int]:
-    if name is not None:
-        if name not in STDC_LAYOUTS:
-            raise ValueError(f"STDC name {name!r} unknown; use one of {sorted(STDC_LAYOUTS)}")
-        return STDC_LAYOUTS[name]
-    top = max(indices, default=-1)
-    for layout in STDC_LAYOUTS.values():
-        if top == 1 + sum(layout):
-            return layout
-    if top <= 3:
-        # features.0..3 mean the same in STDC1 and STDC2 (stem + first two res3 blocks).
-        return STDC_LAYOUTS["STDC1"]
-    raise ValueError(
-        f"cannot tell STDC1 from STDC2: the highest official features index is {top} (STDC1 "
-        f"ends at {1 + sum(STDC_LAYOUTS['STDC1'])}, STDC2 at {1 + sum(STDC_LAYOUTS['STDC2'])}); "
-        "pass name='STDC1' or 'STDC2'"
-    )
-
-
-def _our_feature_key(index: int, part: str, owners) -> Optional[str]:
-    if index >= len(owners):
-        return None
-    stage, pos = owners[index]
-    if stage == "stem":
-        if not _STEM_PART_RE.match(part):
-            return None
-        return f"stem.conv{pos}." + ("weight" if part == "conv.weight" else "norm." + part[3:])
-    m = _BLOCK_PART_RE.match(part)
-    if m is None:
-        return None
-    prefix = f"{stage}.{pos}."
-    if m.group(1) is not None:  # a conv_list branch
-        leaf = "weight" if part.endswith("conv.weight") else "norm." + part.split(".bn.", 1)[1]
-        return prefix + f"convs.{m.group(1)}.{leaf}"
-    if pos != 0:  # only the stride-2 first block of a stage has an avd conv
-        return None
-    return prefix + ("avd.weight" if part == "avd_layer.0.weight" else "avd.norm." + part[12:])
-
-
-def official_stdc_key_map(
-    official_keys: Iterable[str], name: Optional[str] = None
-) -> Dict[str, Tuple[str, Optional[str]]]:
-    """
-    Classify official STDC backbone state-dict keys (without a leading ``backbone.``).
-
-    Returns ``{official_key: (action, target)}`` for every key recognised:
-    ``("ours", our_key)`` (our :class:`STDCNet` state-dict key), ``("drop", reason)`` for the
-    classifier tail we do not build, or ``("alias", "features.N...")`` for the ``x2..x32``
-    duplicates. Unrecognised keys are left out. STDC1 vs STDC2 is read from the highest
-    ``features``/alias index unless ``name`` ("STDC1"/"STDC2") is given; it only matters from
-    ``features.4`` on.
-    """
-    keys = list(official_keys)
-    indices = [int(m.group(1)) for m in map(_FEATURE_RE.match, keys) if m is not None]
-    indices += [int(m.group(2)) for m in map(_ALIAS_RE.match, keys) if m is not None]
-    owners = _feature_owner(_infer_layout(indices, name))
-    # Which features indices each alias group wraps, e.g. x8 -> the res3 blocks.
-    stage_group = {"res3": "x8", "res4": "x16", "res5": "x32"}
-    group_of = {index: (_ALIAS_GROUPS[pos - 1] if stage == "stem" else stage_group[stage])
-                for index, (stage, pos) in enumerate(owners)}
-    result: Dict[str, Tuple[str, Optional[str]]] = {}
-    for key in keys:
-        top = key.split(".", 1)[0]
-        if top in _TAIL:
-            result[key] = ("drop", _TAIL[top])
-            continue
-        m = _FEATURE_RE.match(key)
-        if m is not None:
-            ours = _our_feature_key(int(m.group(1)), m.group(2), owners)
-            if ours is not None:
-                result[key] = ("ours", ours)
-            continue
-        m = _ALIAS_RE.match(key)
-        if m is not None:
-            group, index, part = m.group(1), int(m.group(2)), m.group(3)
-            if group_of.get(index) == group and _our_feature_key(index, part, owners) is not None:
-                result[key] = ("alias", f"features.{index}.{part}")
-    return result
