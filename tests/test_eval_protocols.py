@@ -255,7 +255,7 @@ def test_config_selects_and_validates_the_protocol():
 DEMO_CONFIG = "configs/demo/sfnet_lite_R18_demo.yaml"
 TTA_OPTS = ["TEST.SFNET.MODE", "slide", "TEST.SFNET.SLIDE_CROP_SIZE", "96",
             "TEST.SFNET.SCALES", "[0.5, 1.0]", "TEST.SFNET.FLIP", "True",
-            "TEST.SFNET.SLIDE_BATCH_SIZE", "4", "TEST.SFNET_EVALUATOR", "sem_seg"]
+            "TEST.SFNET.SLIDE_BATCH_SIZE", "4", "TEST.SFNET.EVALUATOR", "sem_seg"]
 
 
 def test_eval_only_and_trainer_test_use_the_configured_protocol(demo_root, demo_datasets,

@@ -85,7 +85,7 @@ def test_static_pool_equals_adaptive_avg_pool(size, bins):
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_matches_pytorch_on_demo_images(model_and_name, demo_images, fmt, tmp_path):
     model, name = model_and_name
-    # as the export command builds it by default (MODEL.SFNET.INFERENCE.OPTIMIZE): BN folded
+    # as the export command builds it by default (DEPLOY.OPTIMIZE): BN folded
     part = build_network_part(model, HEIGHT, WIDTH, fold_batchnorm=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in part.modules())
     if fmt == "torchscript":

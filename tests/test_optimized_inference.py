@@ -216,15 +216,15 @@ def test_sizes_beyond_the_compiled_limit_run_eagerly(caplog):
 
 
 def test_build_inference_model_follows_the_config_switch():
-    cfg = make_cfg(CONFIGS + "sfnet_lite_R18.yaml", ["MODEL.SFNET.INFERENCE.TORCHSCRIPT", "none"])
+    cfg = make_cfg(CONFIGS + "sfnet_lite_R18.yaml", ["DEPLOY.TORCHSCRIPT", "none"])
     model = build_model(cfg).eval()
     optimized = build_inference_model(cfg, model)
     assert isinstance(optimized, OptimizedSemanticSegmentor) and optimized.torchscript == "none"
     with pytest.raises(RuntimeError, match="inference-only"):
         optimized.train()
-    cfg.MODEL.SFNET.INFERENCE.OPTIMIZE = False
+    cfg.DEPLOY.OPTIMIZE = False
     assert build_inference_model(cfg, model) is model
-    cfg.MODEL.SFNET.INFERENCE.OPTIMIZE = True
-    cfg.MODEL.SFNET.INFERENCE.TORCHSCRIPT = "jit"
-    with pytest.raises(ValueError, match="MODEL.SFNET.INFERENCE.TORCHSCRIPT='jit'"):
+    cfg.DEPLOY.OPTIMIZE = True
+    cfg.DEPLOY.TORCHSCRIPT = "jit"
+    with pytest.raises(ValueError, match="DEPLOY.TORCHSCRIPT='jit'"):
         build_inference_model(cfg, model)

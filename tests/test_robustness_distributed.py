@@ -114,7 +114,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(one_and_two_pro
 def test_two_process_evaluation_equals_one_process(one_and_two_process_runs, demo_root,
                                                    tmp_path, evaluator):
     weights = str(one_and_two_process_runs[1][0] / "model_final.pth")
-    opts = ["--eval-only", "MODEL.WEIGHTS", weights, "TEST.SFNET_EVALUATOR", evaluator,
+    opts = ["--eval-only", "MODEL.WEIGHTS", weights, "TEST.SFNET.EVALUATOR", evaluator,
             "MODEL.RESNETS.NORM", "SyncBN", "MODEL.SEM_SEG_HEAD.NORM", "SyncBN"]
     r1 = _results(_run(demo_root, tmp_path / "e1", 1, *opts))
     r2 = _results(_run(demo_root, tmp_path / "e2", 2, *opts))

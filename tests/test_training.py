@@ -93,7 +93,7 @@ def test_eval_only_reproduces_the_final_evaluation(trained_run, demo_root, tmp_p
                          str(out / "model_final.pth"))
     assert _copypaste_results(log) == pytest.approx(_copypaste_results(train_log), abs=1e-6)
     log = _run_train_net(demo_root, tmp_path, "--eval-only", "MODEL.WEIGHTS",
-                         str(out / "model_final.pth"), "TEST.SFNET_EVALUATOR", "sem_seg")
+                         str(out / "model_final.pth"), "TEST.SFNET.EVALUATOR", "sem_seg")
     results = _copypaste_results(log)
     assert {"mIoU", "fwIoU", "mACC", "pACC"} <= set(results) and 0 <= results["mIoU"] <= 100
 

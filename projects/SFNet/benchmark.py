@@ -13,7 +13,7 @@ processes hits every mode alike). Two phases per mode:
 
 Modes: ``eager`` (the plain detectron2 model, in its own process when another mode keeps memory),
 ``eager-kept-memory`` (the same with the optimised path's allocator setting,
-MODEL.SFNET.INFERENCE.KEEP_MEMORY), ``optimized`` (MODEL.SFNET.INFERENCE.*, fp32),
+DEPLOY.KEEP_MEMORY), ``optimized`` (DEPLOY.*, fp32),
 ``optimized-eager`` (the same without TorchScript), ``bf16`` (optimised, bfloat16; CPUs with
 native bf16 and GPUs), ``fp16`` (optimised, float16; CUDA only). Unavailable modes are skipped
 with the reason printed. A 4096^3 GEMM run as a 1x1 convolution is timed in the same rounds; it
@@ -101,7 +101,7 @@ def mode_unavailable_reason(name: str, device: torch.device) -> Optional[str]:
 def build_modes(cfg, model: torch.nn.Module, names, device) -> (List[Mode], Dict[str, str]):
     """The requested modes that can run here, and the reasons for the others."""
     modes, skipped = [], {}
-    settings = cfg.MODEL.SFNET.INFERENCE
+    settings = cfg.DEPLOY
     for name in names:
         if name not in ALL_MODES:
             raise ValueError(f"--modes: unknown mode {name!r}; choose from {list(ALL_MODES)}")
@@ -163,7 +163,7 @@ def isolate_eager(cfg, modes: List[Mode], tasks: Dict, device, net_input, image)
     close, or None when eager runs in this process.
     """
     keeps = {m.name for m in modes if m.keep_memory}
-    if cfg.MODEL.SFNET.INFERENCE.KEEP_MEMORY:
+    if cfg.DEPLOY.KEEP_MEMORY:
         keeps |= {m.name for m in modes if isinstance(m.model, OptimizedSemanticSegmentor)}
     if device.type != "cpu" or not keep_memory_supported() or not keeps:
         return None
@@ -176,7 +176,7 @@ def isolate_eager(cfg, modes: List[Mode], tasks: Dict, device, net_input, image)
     if not work:
         return None
     print(f"Timing the plain eager model in a separate process: {sorted(keeps)} change this "
-          "process's allocator (MODEL.SFNET.INFERENCE.KEEP_MEMORY), which would otherwise speed up "
+          "process's allocator (DEPLOY.KEEP_MEMORY), which would otherwise speed up "
           "eager runs after them")
     isolated = IsolatedTasks(work, torch.get_num_threads())
     for name in work:

@@ -1,5 +1,5 @@
 """
-Keeping the optimised model's working memory between calls (``MODEL.SFNET.INFERENCE.KEEP_MEMORY``).
+Keeping the optimised model's working memory between calls (``DEPLOY.KEEP_MEMORY``).
 
 Why: PyTorch's CPU allocator is the C library's ``malloc``. glibc serves every block above its
 mmap threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``, and it gives the
@@ -82,7 +82,7 @@ def _glibc():
         if _libc is None:
             reason = "the C library is not glibc"
     if reason:
-        logger.info(f"MODEL.SFNET.INFERENCE.KEEP_MEMORY has no effect here: {reason}")
+        logger.info(f"DEPLOY.KEEP_MEMORY has no effect here: {reason}")
     return _libc
 
 
@@ -108,7 +108,7 @@ def kept_memory(enabled: bool = True):
             libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
             _trim_threshold_raised = True
             logger.info("Optimised inference keeps its working memory between calls "
-                        "(MODEL.SFNET.INFERENCE.KEEP_MEMORY; docs/BENCHMARK.md)")
+                        "(DEPLOY.KEEP_MEMORY; docs/BENCHMARK.md)")
         if _depth == 0:
             libc.mallopt(_M_MMAP_MAX, 0)
         _depth += 1

@@ -182,7 +182,7 @@ def build_network_part(model: nn.Module, height: int, width: int,
     The export-ready network part of ``model`` for (height, width) images: a deep copy of the
     model's modules (the model itself is not modified), in eval mode, with adaptive pooling
     made static (see ``sfnet_d2/deployment/static_pooling.py``). With ``fold_batchnorm`` (the export command does it
-    when ``MODEL.SFNET.INFERENCE.OPTIMIZE`` is on), the optimised inference path's rewrites are
+    when ``DEPLOY.OPTIMIZE`` is on), the optimised inference path's rewrites are
     applied too (sfnet_d2/deployment/optimize.py): BatchNorm folded into the convolutions,
     dropout and deep-supervision heads removed. The ONNX exporter folds BatchNorm by itself;
     for TorchScript it saves one op per convolution.

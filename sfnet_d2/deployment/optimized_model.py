@@ -1,5 +1,5 @@
 """
-The optimised inference model (config switch ``MODEL.SFNET.INFERENCE.OPTIMIZE``, on by default for
+The optimised inference model (config switch ``DEPLOY.OPTIMIZE``, on by default for
 evaluation, the benchmark, the demo and export; training always uses the plain model).
 
 ``build_inference_model(cfg, model)`` returns a new module (the given model is left untouched)
@@ -98,12 +98,12 @@ class OptimizedSemanticSegmentor(nn.Module):
         super().__init__()
         if torchscript not in TORCHSCRIPT_LEVELS:
             raise ValueError(
-                f"MODEL.SFNET.INFERENCE.TORCHSCRIPT={torchscript!r}: expected one of "
+                f"DEPLOY.TORCHSCRIPT={torchscript!r}: expected one of "
                 f"{list(TORCHSCRIPT_LEVELS)}"
             )
         if precision not in PRECISIONS:
             raise ValueError(
-                f"MODEL.SFNET.INFERENCE.PRECISION={precision!r}: expected one of {list(PRECISIONS)}"
+                f"DEPLOY.PRECISION={precision!r}: expected one of {list(PRECISIONS)}"
             )
         self.network = network.eval()
         self.register_buffer("pixel_mean", pixel_mean.detach().clone(), False)
@@ -171,7 +171,7 @@ class OptimizedSemanticSegmentor(nn.Module):
                 if not self._warned_eager_fallback:
                     logger.warning(
                         f"{len(self._compiled)} input sizes are already traced "
-                        f"(MODEL.SFNET.INFERENCE.MAX_COMPILED_SIZES={self.max_compiled_sizes}); "
+                        f"(DEPLOY.MAX_COMPILED_SIZES={self.max_compiled_sizes}); "
                         f"size {tuple(images.shape)} and later new sizes run eagerly"
                     )
                     self._warned_eager_fallback = True
@@ -264,10 +264,10 @@ def optimize_model(
 def build_inference_model(cfg, model: nn.Module, precision: Optional[str] = None) -> nn.Module:
     """
     The model to run inference with under ``cfg``: ``model`` itself when
-    ``MODEL.SFNET.INFERENCE.OPTIMIZE`` is False, else its optimised copy configured by
-    ``MODEL.SFNET.INFERENCE.*``. ``precision`` overrides ``MODEL.SFNET.INFERENCE.PRECISION``.
+    ``DEPLOY.OPTIMIZE`` is False, else its optimised copy configured by
+    ``DEPLOY.*``. ``precision`` overrides ``DEPLOY.PRECISION``.
     """
-    settings = cfg.MODEL.SFNET.INFERENCE
+    settings = cfg.DEPLOY
     if not settings.OPTIMIZE:
         return model
     return optimize_model(

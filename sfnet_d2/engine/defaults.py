@@ -18,7 +18,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from sfnet_d2.config import add_sfnet_config, check_config
+from sfnet_d2.config import add_sfnet_config, check_config, check_renamed_keys
 from sfnet_d2.solver import resolve_epoch_schedule
 
 __all__ = ["build_config", "setup", "train_or_evaluate", "launch_train_or_evaluate"]
@@ -30,6 +30,8 @@ def build_config(config_file: str, opts=()):
     """The frozen config of a YAML file plus KEY VALUE overrides, with every SFNet key."""
     cfg = get_cfg()
     add_sfnet_config(cfg)
+    # an old key name (sfnet_d2/config/renamed_keys.py) gets an error that names the new key
+    check_renamed_keys(config_file, opts)
     # yacs names the key of an unknown key or a wrong type, but as a bare KeyError/assert;
     # say also where it came from (the YAML file or the command line).
     try:
@@ -88,7 +90,7 @@ def evaluate(cfg, resume: bool = False):
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
     else:
         load_model_weights(model, cfg.MODEL.WEIGHTS, purpose="--eval-only")
-    # MODEL.SFNET.INFERENCE.*: BatchNorm folded, TorchScript, ... (docs/BENCHMARK.md)
+    # DEPLOY.*: BatchNorm folded, TorchScript, ... (docs/BENCHMARK.md)
     model = build_inference_model(cfg, model)
     results = Trainer.test(cfg, model)  # TEST.SFNET.* inference protocol, see Trainer.test
     if comm.is_main_process():

@@ -13,7 +13,7 @@ for any sfnet-d2 config (semantic or panoptic):
 * the weights come through the project's one safe loader (``load_model_weights``): no code runs
   from the file, another architecture's file is refused, an empty MODEL.WEIGHTS is an error
   ("random" asks for an untrained model on purpose);
-* the optimised inference path (``MODEL.SFNET.INFERENCE.*``) is used by default;
+* the optimised inference path (``DEPLOY.*``) is used by default;
 * the config's test-time resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, detectron2's
   ``ResizeShortestEdge``; 0 = the image as it is, the paper's full-resolution protocol) is applied,
   and the outputs come at the input image's size.
@@ -54,10 +54,10 @@ class Predictor:
     def __init__(self, cfg, *, optimize: bool = True, purpose: str = "the predictor"):
         self.cfg = cfg.clone()
         self.model = build_model_with_weights(cfg, purpose=purpose)
-        use_optimized = optimize and cfg.MODEL.SFNET.INFERENCE.OPTIMIZE
+        use_optimized = optimize and cfg.DEPLOY.OPTIMIZE
         if use_optimized:
-            logger.info("Using the optimised inference path (MODEL.SFNET.INFERENCE.*; set "
-                        "MODEL.SFNET.INFERENCE.OPTIMIZE False for the plain model)")
+            logger.info("Using the optimised inference path (DEPLOY.*; set "
+                        "DEPLOY.OPTIMIZE False for the plain model)")
         self.inference_model = build_inference_model(cfg, self.model) if use_optimized else self.model
         datasets = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
         self.metadata = MetadataCatalog.get(datasets[0]) if datasets else None

@@ -13,7 +13,7 @@ evaluator_type                 evaluators
                                and the records carry semantic labels
 =============================  ==============================================================
 
-``TEST.SFNET_EVALUATOR`` overrides the choice for semantic datasets: "sem_seg" or "cityscapes"
+``TEST.SFNET.EVALUATOR`` overrides the choice for semantic datasets: "sem_seg" or "cityscapes"
 force one, "submission" writes Cityscapes test-server PNGs instead of computing a metric.
 """
 import logging
@@ -62,9 +62,9 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
-    choice = cfg.TEST.SFNET_EVALUATOR
+    choice = cfg.TEST.SFNET.EVALUATOR
     if choice not in _CHOICES:
-        raise ValueError(f"TEST.SFNET_EVALUATOR={choice!r} is not one of {list(_CHOICES)}")
+        raise ValueError(f"TEST.SFNET.EVALUATOR={choice!r} is not one of {list(_CHOICES)}")
     if evaluator_type in PANOPTIC_EVALUATOR_TYPES:
         return _panoptic_evaluators(cfg, dataset_name, output_folder)
     if choice == "submission":  # Cityscapes test-server PNGs (label ids), no metric

@@ -6,7 +6,7 @@ The evaluation server (Table 3 of the paper) takes one PNG per test image holdin
 ``CityscapesSubmissionWriter`` turns each predicted train-id map into that file, so that
 
     python projects/SFNet/train_net.py --eval-only --config-file X.yaml MODEL.WEIGHTS w.pth \
-        DATASETS.TEST "('cityscapes_fine_sem_seg_test',)" TEST.SFNET_EVALUATOR submission
+        DATASETS.TEST "('cityscapes_fine_sem_seg_test',)" TEST.SFNET.EVALUATOR submission
 
 runs any evaluation protocol (``TEST.SFNET.*``) over the test split and leaves the files in
 ``OUTPUT_DIR/submission/cityscapes_fine_sem_seg_test/`` (zip that folder for the server). Works
