@@ -1,15 +1,19 @@
-"""Interrupted training resumes exactly: same data stream, same weights as an uninterrupted run."""
+"""Interrupted training resumes exactly: same data stream, same weights as an uninterrupted run
+(the panoptic counterpart is test_panoptic_resume.py)."""
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import ROOT
+from sfnet_d2.data.train_stream import SkipCollectingLoader, TrainingStream, shuffled_index_stream
 
 TRAIN_NET = os.path.join(ROOT, "projects", "SFNet", "train_net.py")
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "sfnet_lite_R18_demo.yaml")
@@ -43,7 +47,8 @@ def _weights(path):
 def _assert_same_final_weights(a, b):
     wa, wb = _weights(a), _weights(b)
     assert wa["iteration"] == wb["iteration"] == 5
-    assert wa["trainer"]["data_stream"] == wb["trainer"]["data_stream"]
+    # the stream's checkpointable: same seed, and 6 iterations of 2 images handed out
+    assert wa["data_stream"] == wb["data_stream"] and wb["data_stream"]["position"] == 12
     diff = {k: (wa["model"][k].float() - wb["model"][k].float()).abs().max().item()
             for k in wa["model"]}
     assert max(diff.values()) == 0.0, sorted(diff.items(), key=lambda kv: -kv[1])[:5]
@@ -56,6 +61,7 @@ def reference_run(demo_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_uninterrupted_weights(reference_run, demo_root, tmp_path):
     shutil.copy(reference_run / "model_0000001.pth", tmp_path / "model_0000001.pth")
     (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
@@ -69,6 +75,7 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(reference_run, demo_roo
         _assert_same_final_weights(reference_run / "model_final.pth", other / "model_final.pth")
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint(reference_run, demo_root,
                                                                   tmp_path):
     cmd = [sys.executable, TRAIN_NET, "--config-file", DEMO_CONFIG, *OPTS,
@@ -90,3 +97,61 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(reference_run, d
     log = _run(demo_root, tmp_path, resume=True, extra=["SOLVER.CHECKPOINT_PERIOD", "1"])
     assert f"Starting training from iteration {int(last[6:13]) + 1}" in log
     _assert_same_final_weights(reference_run / "model_final.pth", tmp_path / "model_final.pth")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_previous_format_resumes_the_same_stream(reference_run, demo_root,
+                                                                      tmp_path):
+    # before the stream was its own checkpointable, the trainer state held only its seed
+    ckpt = _weights(reference_run / "model_0000003.pth")
+    ckpt["trainer"]["data_stream"] = {"seed": ckpt.pop("data_stream")["seed"]}
+    torch.save(ckpt, tmp_path / "model_0000003.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    log = _run(demo_root, tmp_path, resume=True, extra=["SOLVER.CHECKPOINT_PERIOD", "100"])
+    assert "keeps the data stream in its old place" in log
+    _assert_same_final_weights(reference_run / "model_final.pth", tmp_path / "model_final.pth")
+
+
+# ---- the stream's checkpointable state ---------------------------------------------------------
+
+def _random_mapper(record):
+    # draws from every RNG the stream seeds: a sample at the wrong position would differ
+    return {"i": record["i"], "np": float(np.random.rand()), "py": random.random(),
+            "torch": float(torch.rand(()))}
+
+
+def _loader(seed, num_workers, batch_size=3):
+    records = [{"i": i} for i in range(7)]
+    stream = TrainingStream(records, _random_mapper, lambda s: shuffled_index_stream(7, s),
+                            batch_size, seed, rank=0, world_size=1)
+    return SkipCollectingLoader(
+        torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers), stream)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_state_continues_the_stream_exactly(num_workers):
+    B, start, k = 3, 5, 4
+    first = _loader(seed=11, num_workers=num_workers)
+    first.load_state_dict({"seed": 11, "position": start})
+    batches = iter(first)
+    for _ in range(k):
+        next(batches)
+    state = first.state_dict()
+    assert state == {"seed": 11, "position": start + k * B}
+    expected = [next(batches) for _ in range(3)]
+    assert first.state_dict()["position"] == start + (k + 3) * B
+
+    second = _loader(seed=0, num_workers=num_workers)  # built with another seed: the state wins
+    second.load_state_dict(state)
+    batches = iter(second)
+    assert [next(batches) for _ in range(3)] == expected
+    assert second.state_dict() == {"seed": 11, "position": start + (k + 3) * B}
+    # control: one position later is other data, so the equality above means something
+    shifted = _loader(seed=11, num_workers=num_workers)
+    shifted.load_state_dict({"seed": 11, "position": state["position"] + 1})
+    assert next(iter(shifted)) != expected[0]
+
+
+def test_loader_state_without_position_is_refused():
+    with pytest.raises(KeyError, match=r"lacks \['position'\]"):
+        _loader(seed=1, num_workers=0).load_state_dict({"seed": 1})

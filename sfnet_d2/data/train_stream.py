@@ -15,8 +15,10 @@ the run it continues. Here every sample is a pure function of ``(stream seed, gl
   loader returns them in order, so step ``j`` always gets local positions ``[jB, (j+1)B)``.
 
 Resuming at iteration ``i`` is then ``set_state(seed, start=i * B)``: ``SkipCollectingLoader`` is
-registered with the checkpointer and saves (seed, position), so even ``SEED -1`` runs resume on the
-same stream.
+registered with the checkpointer as "data_stream" and saves ``{"seed", "position"}``, so even
+``SEED -1`` runs resume on the same stream. The stream serves both tasks: the mapper (semantic or
+panoptic) only has to draw its randomness from numpy / random / torch's global RNGs, and to raise
+on a bad sample.
 
 Bad samples (unreadable/truncated image or label, wrong size, values outside the class set):
 by default training stops with an error naming the file. With
@@ -198,8 +200,23 @@ class SkipCollectingLoader:
 
     def load_state_dict(self, state):
         """Continue at the checkpoint's position; takes effect at the next ``iter()``."""
+        missing = {"seed", "position"} - set(state)
+        if missing:
+            raise KeyError(f"The checkpoint's data_stream state {state} lacks {sorted(missing)}: "
+                           "it was not written by SkipCollectingLoader.state_dict")
         self.stream.set_state(state["seed"], state["position"])
         self._consumed = 0
+
+    def load_legacy_state(self, state, start_iter: int):
+        """Checkpoints of sfnet-d2 before the stream was its own checkpointable kept only the
+        seed, in the trainer's state (``trainer.data_stream.seed``); the position was then
+        always ``start_iter x`` the per-process batch. Loads that, with a warning."""
+        logger.warning(
+            f"The checkpoint keeps the data stream in its old place (trainer.data_stream = "
+            f"{state}); continuing the stream at iteration {start_iter}. Checkpoints written from "
+            "now on keep it under 'data_stream'")
+        self.load_state_dict({"seed": state["seed"],
+                              "position": int(start_iter) * self.stream.batch_size})
 
     def __len__(self):  # an infinite stream
         raise TypeError("the training stream is infinite")

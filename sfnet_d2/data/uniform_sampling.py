@@ -56,7 +56,8 @@ SAMPLING_MODES = ("epoch", "random")
 
 # ---- centroids ---------------------------------------------------------------------------------
 
-def label_centroids(label: np.ndarray, num_classes: int, tile: int) -> Dict[int, List[Tuple[int, int]]]:
+def label_centroids(label: np.ndarray, num_classes: int,
+                    tile: int) -> Dict[int, List[Tuple[int, int]]]:
     """
     Centroids (x, y) per class of one (H, W) label map: for each full ``tile x tile`` tile (the
     image is covered by floor(H / tile) x floor(W / tile) tiles from the top-left corner, as
@@ -247,7 +248,8 @@ class ClassUniformDataset(torch.utils.data.Dataset):
         """
         centroids = np.asarray(centroids, dtype=np.int64).reshape(-1, 4)
         if len(centroids) and (centroids[:, 0].min() < 0 or centroids[:, 0].max() >= len(records)):
-            raise ValueError("ClassUniformDataset: a centroid refers to a record that does not exist")
+            raise ValueError(
+                "ClassUniformDataset: a centroid refers to a record that does not exist")
         self._records = DatasetFromList(records, copy=False, serialize=True)
         self._num_records = len(records)
         self._centroids = centroids
@@ -294,7 +296,8 @@ class ClassUniformTrainingSampler(Sampler):
                  mode: str = "epoch", seed: Optional[int] = None, rank: Optional[int] = None,
                  world_size: Optional[int] = None):
         if num_images <= 0:
-            raise ValueError(f"ClassUniformTrainingSampler needs images, got num_images={num_images}")
+            raise ValueError(
+                f"ClassUniformTrainingSampler needs images, got num_images={num_images}")
         if not 0 <= pct <= 1:
             raise ValueError(f"DATALOADER.SFNET.CLASS_UNIFORM_PCT must be in [0, 1], got {pct}")
         if mode not in SAMPLING_MODES:
@@ -437,11 +440,20 @@ def build_sfnet_train_loader(cfg, mapper, seed: Optional[int] = None):
     The training loader over ``DATASETS.TRAIN`` with ``mapper``: a resumable, reproducible
     ``TrainingStream`` (``train_stream.py``) whose index stream is a shuffled order of the images
     or, with ``DATALOADER.SFNET.CLASS_UNIFORM_PCT > 0``, the ``ClassUniformTrainingSampler`` over a
-    ``ClassUniformDataset`` (seed: None = shared random seed, from cfg.SEED).
+    ``ClassUniformDataset`` (seed: None = shared random seed, from cfg.SEED). Class-uniform
+    sampling needs a mapper that crops around centroids (``crops_around_centroids``): semantic.
     Returns a ``SkipCollectingLoader`` (``.stream.set_state`` resumes it).
     """
     opts = cfg.DATALOADER.SFNET
     skip = opts.SKIP_BAD_SAMPLES
+    if opts.CLASS_UNIFORM_PCT > 0 and not getattr(mapper, "crops_around_centroids", False):
+        # the centroids come from semantic label maps and only a centroid-aware crop uses them
+        raise ValueError(
+            f"DATALOADER.SFNET.CLASS_UNIFORM_PCT={opts.CLASS_UNIFORM_PCT} asks for class-uniform "
+            "sampling, which is for semantic segmentation only: it crops around class centroids, "
+            f"and the dataset mapper {type(mapper).__name__} (INPUT.DATASET_MAPPER_NAME="
+            f"{cfg.INPUT.DATASET_MAPPER_NAME!r}) does not. Set DATALOADER.SFNET.CLASS_UNIFORM_PCT "
+            "0.0 (the K-Net configs do)")
     if opts.CLASS_UNIFORM_PCT <= 0:
         records = get_detection_dataset_dicts(list(cfg.DATASETS.TRAIN), filter_empty=False)
         dataset = DatasetFromList(records, copy=False, serialize=True)

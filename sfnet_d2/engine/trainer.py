@@ -141,3 +141,5 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         if "optimizer" in state_dict:
             self.optimizer.load_state_dict(state_dict["optimizer"])
+        if "data_stream" in state_dict:  # a checkpoint from before the "data_stream" checkpointable
+            self._trainer.data_loader.load_legacy_state(state_dict["data_stream"], self.iter + 1)

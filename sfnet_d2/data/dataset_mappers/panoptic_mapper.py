@@ -20,6 +20,14 @@ Augmentations (``INPUT.KNET.AUGMENTATION``):
 * ``none``: flip only.
 
 Inference: short side INPUT.MIN_SIZE_TEST (long side <= INPUT.MAX_SIZE_TEST); 0 = original size.
+
+Training runs on the resumable training stream (``sfnet_d2/data/train_stream.py``) like the
+semantic models: every augmentation above draws only from numpy's global RNG, which the stream
+re-seeds from (seed, position) before each sample, so a sample is the same in any worker and after
+``--resume``. A bad sample (unreadable image or PNG, sizes that differ, segment ids or categories
+the JSON does not explain) raises an error naming the file; the stream stops on it or, with
+DATALOADER.SFNET.SKIP_BAD_SAMPLES, replaces and reports it. The crops of a batch differ in size:
+the model pads them (``ImageList.from_tensors``), so no aspect-ratio grouping is needed.
 """
 import copy
 import logging
@@ -158,7 +166,10 @@ class KNetPanopticDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        try:
+            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: unreadable, truncated, not an image
+            raise OSError(f"Cannot read image file {dataset_dict['file_name']}: {e}") from e
         utils.check_image_size(dataset_dict, image)
         pan_rgb = None
         if self.is_train:

@@ -54,6 +54,10 @@ def read_and_check_label(label_file: str, image_file: str, image_hw, num_classes
 
 @DATASET_MAPPER_REGISTRY.register()
 class SFNetSemanticDatasetMapper:
+    # places the training crop around a record's ``sfnet_centroid``: class-uniform sampling
+    # (DATALOADER.SFNET.CLASS_UNIFORM_PCT > 0) needs a mapper that says so
+    crops_around_centroids = True
+
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations, image_format: str,
                  ignore_label: int, num_classes: int, validate_labels: bool = True):
