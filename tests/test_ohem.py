@@ -54,3 +54,166 @@ def test_all_ignored_gives_zero_loss_with_gradient_path():
     loss = ohem_cross_entropy(logits, targets)
     loss.backward()
     assert float(loss) == 0.0 and logits.grad is not None
+
+
+# ------------------------------------------------ against the previous implementation
+# The implementation before the count-first threshold (sfnet_d2/modeling/heads/losses.py at commit
+# 83c13e3): always a kthvalue over all pixels, ignored ones at p = 1. Kept here as the reference
+# the faster one must match bit for bit.
+@torch.no_grad()
+def _reference_keep_mask(logits, targets, ignore_index, thresh, min_kept):
+    valid = targets != ignore_index
+    num_valid = int(valid.sum())
+    if num_valid == 0 or min_kept <= 0 or min_kept > num_valid:
+        return valid
+    prob = F.softmax(logits.float(), dim=1)
+    gt = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
+    gt_prob = prob.gather(1, gt).squeeze(1)
+    gt_prob = torch.where(valid, gt_prob, torch.ones_like(gt_prob))
+    kth = torch.kthvalue(gt_prob.flatten(), min_kept).values
+    return valid & (gt_prob <= torch.clamp(kth, min=thresh))
+
+
+def _reference_ohem_cross_entropy(logits, targets, ignore_index=255, thresh=0.7, min_kept=100000):
+    keep = _reference_keep_mask(logits, targets, ignore_index, thresh, min_kept)
+    mined = torch.where(keep, targets, torch.full_like(targets, ignore_index))
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, mined, ignore_index=ignore_index, reduction="mean")
+
+
+@torch.no_grad()
+def _official_sort_keep_mask(logits, targets, ignore_index, thresh, min_kept):
+    """The official rule read literally (argsort of all p, ignored p = 1, the value at position
+    min(n, min_kept) - 1 replaces thresh when larger), on one flat vector of pixels."""
+    n, c = logits.shape[:2]
+    flat_t = targets.reshape(-1)
+    valid = flat_t != ignore_index
+    if min_kept > int(valid.sum()) or int(valid.sum()) == 0 or min_kept <= 0:
+        return valid.view_as(targets)
+    prob = F.softmax(logits.float(), dim=1).transpose(0, 1).reshape(c, -1)
+    prob = prob.masked_fill(~valid, 1)
+    p = prob[flat_t * valid, torch.arange(flat_t.numel())]
+    order = p.argsort()
+    at = p[order[min(p.numel(), min_kept) - 1]]
+    threshold = at if at > thresh else torch.tensor(thresh, dtype=p.dtype)
+    return (valid & (p <= threshold)).view_as(targets)
+
+
+def _tied_logits(seed, n=2, c=5, h=16, w=24, levels=3, dtype=torch.float32):
+    """Logits on a coarse grid: many pixels share the exact same probabilities (ties)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, levels, (n, c, h, w), generator=g).to(dtype) * 1.5
+
+
+def _targets(seed, shape, num_classes, ignore_frac, ignore_index=255):
+    g = torch.Generator().manual_seed(seed + 100)
+    t = torch.randint(0, num_classes, shape, generator=g)
+    t[torch.rand(shape, generator=g) < ignore_frac] = ignore_index
+    return t
+
+
+def _count_kthvalue_calls(monkeypatch):
+    calls = []
+    real = torch.kthvalue
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "kthvalue", counting)
+    return calls
+
+
+# (thresh, min_kept): the count path (enough p <= thresh), the selection path (p_(min_kept) >
+# thresh), min_kept = 1, = the valid count, > the valid count, 0 and negative (plain CE).
+_CASES = [(0.7, 50), (0.7, 600), (0.05, 300), (0.2, 1), (0.3, -1), (0.7, 0),
+          (0.9, 10 ** 6), (0.0, 400), (1.0, 700)]
+
+
+def _assert_same_as_reference(logits, targets, thresh, min_kept, ignore_index=255):
+    keep = ohem_keep_mask(logits, targets, ignore_index, thresh, min_kept)
+    assert torch.equal(keep, _reference_keep_mask(logits, targets, ignore_index, thresh,
+                                                  min_kept))
+    assert torch.equal(keep, _official_sort_keep_mask(logits, targets, ignore_index, thresh,
+                                                      min_kept))
+    x_new = logits.clone().requires_grad_()
+    x_ref = logits.clone().requires_grad_()
+    new = ohem_cross_entropy(x_new, targets, ignore_index, thresh, min_kept)
+    ref = _reference_ohem_cross_entropy(x_ref, targets, ignore_index, thresh, min_kept)
+    new.backward()
+    ref.backward()
+    assert torch.equal(new, ref), (float(new), float(ref))
+    assert torch.equal(x_new.grad, x_ref.grad)
+
+
+def test_same_mask_loss_and_gradient_as_reference_on_ties():
+    for seed in range(4):
+        logits = _tied_logits(seed)
+        targets = _targets(seed, (2, 16, 24), 5, ignore_frac=0.2)
+        num_valid = int((targets != 255).sum())
+        for thresh, min_kept in _CASES + [(0.7, num_valid), (0.1, num_valid),
+                                          (0.1, num_valid - 1), (0.1, num_valid + 1)]:
+            _assert_same_as_reference(logits, targets, thresh, min_kept)
+
+
+def test_same_as_reference_on_random_logits_and_other_ignore_label():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 19, 20, 30, generator=g) * 3
+    targets = _targets(7, (3, 20, 30), 19, ignore_frac=0.3, ignore_index=-1)
+    for thresh, min_kept in _CASES:
+        _assert_same_as_reference(logits, targets, thresh, min_kept, ignore_index=-1)
+    # float64 logits: the mask still uses float32 probabilities, the loss the float64 logits
+    _assert_same_as_reference(logits.double(), targets, 0.7, 900, ignore_index=-1)
+    _assert_same_as_reference(logits.double(), targets, 0.05, 900, ignore_index=-1)
+
+
+def test_same_as_reference_all_ignored_and_nan():
+    logits = _tied_logits(1)
+    all_ignored = torch.full((2, 16, 24), 255)
+    for thresh, min_kept in _CASES:
+        _assert_same_as_reference(logits, all_ignored, thresh, min_kept)
+    targets = _targets(1, (2, 16, 24), 5, ignore_frac=0.2)
+    with_nan = logits.clone()
+    with_nan[0, :, 3, 4:9] = float("nan")  # NaN p: never <= a threshold, sorted last
+    for thresh, min_kept in [(0.7, 50), (0.05, 300), (0.0, 500)]:
+        keep = ohem_keep_mask(with_nan, targets, 255, thresh, min_kept)
+        assert torch.equal(keep, _reference_keep_mask(with_nan, targets, 255, thresh, min_kept))
+
+
+def test_threshold_compared_in_float32_at_its_neighbours():
+    # p exactly float32(0.7) and its two float32 neighbours; 0.7 itself is not a float32.
+    p32 = torch.tensor(0.7, dtype=torch.float32)
+    below = torch.nextafter(p32, torch.tensor(0.0))
+    above = torch.nextafter(p32, torch.tensor(1.0))
+    probs = torch.stack([below, p32, above, torch.tensor(0.1), torch.tensor(0.95)]).double()
+    logits = torch.stack([torch.log(probs), torch.log1p(-probs)], dim=0).view(1, 2, 1, -1)
+    targets = torch.zeros(1, 1, 5, dtype=torch.long)
+    gt_prob = F.softmax(logits.float(), dim=1)[0, 0, 0]
+    for min_kept in (1, 2, 3, 4, 5):
+        keep = ohem_keep_mask(logits, targets, 255, thresh=0.7, min_kept=min_kept)
+        assert torch.equal(keep, _reference_keep_mask(logits, targets, 255, 0.7, min_kept))
+        kth = gt_prob.sort().values[min_kept - 1]
+        expected = gt_prob <= torch.maximum(kth, p32)
+        assert keep.view(-1).tolist() == expected.tolist()
+    # A threshold that float32 rounds *up* onto a pixel's p: that pixel is kept (a comparison in
+    # float64 would drop it).
+    q = gt_prob[3]
+    thresh = (float(q) + float(torch.nextafter(q, torch.tensor(0.0)))) / 2 + 1e-12
+    assert thresh < float(q) and float(torch.tensor(thresh, dtype=torch.float32)) == float(q)
+    for min_kept in (1, 2):
+        keep = ohem_keep_mask(logits, targets, 255, thresh=thresh, min_kept=min_kept)
+        assert torch.equal(keep, _reference_keep_mask(logits, targets, 255, thresh, min_kept))
+        assert bool(keep[0, 0, 3])
+
+
+def test_selection_only_when_the_count_is_not_enough(monkeypatch):
+    calls = _count_kthvalue_calls(monkeypatch)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 19, 32, 32, generator=g) * 0.1  # every p near 1/19, far below 0.7
+    targets = _targets(3, (2, 32, 32), 19, ignore_frac=0.1)
+    keep = ohem_keep_mask(logits, targets, 255, thresh=0.7, min_kept=1000)
+    assert calls == [] and torch.equal(keep, targets != 255)
+    keep = ohem_keep_mask(logits, targets, 255, thresh=0.01, min_kept=1000)
+    assert calls == [1] and int(keep.sum()) >= 1000
+    assert torch.equal(keep, _reference_keep_mask(logits, targets, 255, 0.01, 1000))
