@@ -199,6 +199,13 @@ def test_knet_configs_keep_their_former_groups_and_official_recipe(config):
     assert type(optimizer).__name__ == "AdamWWithFullModelGradientClip"
     assert optimizer.defaults["betas"] == (0.9, 0.999)
     assert optimizer.clip_params == [p for p in model.parameters() if p.requires_grad]
+    # ... in the order the former optimizer summed the norm (its groups, by value, chained), so
+    # the clipped gradients are bitwise the former ones
+    former, former_groups = _former_knet_rule(cfg, model), {}
+    for p in model.parameters():
+        if p.requires_grad:
+            former_groups.setdefault(former[id(p)], []).append(id(p))
+    assert [id(p) for p in optimizer.clip_params] == sum(former_groups.values(), [])
 
 
 class _Tiny(nn.Module):
