@@ -53,7 +53,7 @@ def test_train_net_writes_a_submission(demo_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "projects/SFNet/train_net.py"), "--eval-only",
          "--config-file", os.path.join(ROOT, DEMO), "OUTPUT_DIR", str(tmp_path),
-         "TEST.SFNET.EVALUATOR", "submission"],
+         "TEST.SFNET.EVALUATOR", "submission", "MODEL.WEIGHTS", "random"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = tmp_path / "submission" / "sfnet_demo_cityscapes_fine_sem_seg_val"
