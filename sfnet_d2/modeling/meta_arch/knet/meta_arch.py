@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
 from sfnet_d2.modeling.heads.neck import build_sfnet_neck
 from sfnet_d2.modeling.meta_arch.knet.class_layout import KNetClassLayout
 from sfnet_d2.modeling.meta_arch.knet.criterion import KNetCriterion, prepare_targets
-from sfnet_d2.modeling.meta_arch.knet.inference import kernel_scores_and_labels, panoptic_merge, semantic_from_kernels
+from sfnet_d2.modeling.meta_arch.knet.inference import (KernelMasks, kernel_scores_and_labels,
+                                                     merge_kernels)
 from sfnet_d2.modeling.meta_arch.knet.kernel_head import InitialKernelHead, KernelFeatureBranches
 from sfnet_d2.modeling.meta_arch.knet.kernel_update import KernelUpdateStage
 from sfnet_d2.modeling.meta_arch.knet.matcher import MaskHungarianMatcher
@@ -203,29 +203,28 @@ class SFNetKNet(nn.Module):
         for i, x in enumerate(batched_inputs):
             h, w = images.image_sizes[i]
             out_h, out_w = x.get("height", h), x.get("width", w)
-            # K-Net: sigmoid, then bilinear to the padded input, crop, bilinear to the original size
-            probs = F.interpolate(mask_logits[i:i + 1].sigmoid(), size=images.tensor.shape[-2:],
-                                  mode="bilinear", align_corners=False)[0]
-            if (out_h, out_w) == (h, w):
-                probs = probs[:, :h, :w]  # the resize would be the identity: skip its cost
-            else:
-                probs = sem_seg_postprocess(probs, (h, w), out_h, out_w)
-            results.append(self.panoptic_from_kernels(cls_logits[i], probs))
+            # K-Net: sigmoid, then bilinear to the padded input, crop, bilinear to the original
+            # size; the merge resizes only the masks and tiles whose values it needs
+            masks = KernelMasks(mask_logits[i:i + 1].sigmoid()[0], images.tensor.shape[-2:],
+                                (h, w), (out_h, out_w))
+            results.append(self.panoptic_from_kernels(cls_logits[i], masks))
         return results
 
-    def panoptic_from_kernels(self, cls_logits: torch.Tensor, mask_probs: torch.Tensor) -> Dict:
-        """One image's (K, C) class logits and (K, H, W) mask probabilities -> detectron2's
-        outputs."""
+    def panoptic_from_kernels(self, cls_logits: torch.Tensor, mask_probs) -> Dict:
+        """One image's (K, C) class logits and mask probabilities -> detectron2's outputs.
+        ``mask_probs``: (K, H, W) at the output size, or a :class:`KernelMasks`."""
         scores, labels = kernel_scores_and_labels(cls_logits, self.num_proposals,
                                                   self.layout.num_thing_classes)
-        pan, segments = panoptic_merge(scores, labels, mask_probs, self.layout.num_thing_classes,
-                                       self.instance_score_thr, self.overlap_thr, self.mask_thr)
+        masks = mask_probs if isinstance(mask_probs, KernelMasks) else KernelMasks(mask_probs)
+        pan, segments, sem = merge_kernels(
+            scores, labels, masks, self.layout.num_thing_classes, self.instance_score_thr,
+            self.overlap_thr, self.mask_thr,
+            num_classes=self.layout.num_classes if self.semantic_on else None)
         contiguous = self.layout.internal_to_contiguous
         segments_info = [{"id": s["id"], "category_id": contiguous[s["label"]],
                           "isthing": s["isthing"], "score": s["score"]} for s in segments]
         out = {"panoptic_seg": (pan, segments_info)}
-        if self.semantic_on:
-            sem = semantic_from_kernels(scores, labels, mask_probs, self.layout.num_classes)
+        if sem is not None:
             # internal -> contiguous channel order
             order = torch.as_tensor(self.layout.contiguous_to_internal, device=sem.device)
             out["sem_seg"] = sem[order]
