@@ -1,15 +1,21 @@
-"""Benchmark machinery (sfnet_d2/benchmark/timing.py, projects/SFNet/benchmark.py) and the
-per-module FLOP breakdown against the official figures (official-sfnet.md section 3)."""
+"""Benchmark machinery (sfnet_d2/benchmark/: timing, run, report, flops), the benchmark command
+(projects/SFNet/benchmark.py, and its safe weight loading) and the per-module FLOP breakdown
+against the figures measured by running lxtGH/SFSegNets@ba475ba with fvcore (docs/BENCHMARK.md)."""
 import json
 import os
 import multiprocessing as mp
+import pickle
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import make_cfg
+from helpers import ROOT, make_cfg
+from sfnet_d2.benchmark.report import format_report, write_report
+from sfnet_d2.benchmark.run import BenchmarkSettings, run_benchmark
 from sfnet_d2.deployment.memory import keep_memory_supported
 from sfnet_d2.benchmark.timing import (
     OtherProcessLoad,
@@ -46,7 +52,7 @@ def test_round_robin_interleaves_after_warmup():
 
 
 def test_flop_bound_matches_the_reference_table():
-    # official-sfnet.md section 3: R18 244.01 GFLOPs at 353.5 GFLOP/s -> 1.381 s; Lite 178.85 -> 1.012 s
+    # R18 244.01 GFLOPs at 353.5 GFLOP/s -> 1.381 s; Lite 178.85 -> 1.012 s (2 FLOPs per MAC)
     assert flop_bound_seconds(244.01, 353.5) == pytest.approx(1.381, abs=5e-4)
     assert flop_bound_seconds(178.85, 353.5) == pytest.approx(1.012, abs=5e-4)
 
@@ -101,7 +107,8 @@ def _breakdown(config, height, width):
 
 
 def test_flop_breakdown_r18_equals_official():
-    # official-sfnet.md section 3, GFLOPs at 1024x2048; measured here at 256x512, scaled by 16.
+    # GFLOPs at 1024x2048 of the official code (docs/BENCHMARK.md); measured here at 256x512,
+    # scaled by 16.
     rows = _breakdown("sfnet_R18.yaml", 256, 512)
     official = {"layer0": 59.16, "layer1": 25.32, "layer2": 17.22, "layer3": 17.20,
                 "layer4": 17.19, "conv_last": 77.66, "fpn_out": 25.41,
@@ -121,18 +128,81 @@ def test_flop_breakdown_lite_r18_equals_official():
     assert rows["total"] == pytest.approx(178.85, abs=0.06)
 
 
-# ------------------------------------------------------------------------------ the command
-def test_benchmark_command_small(tmp_path, demo_datasets):
-    import benchmark
+def _parameters(cfg):
+    from detectron2.modeling import build_model
 
+    return sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def test_fused_attention_flops_hand_computed():
+    """K-Net's kernel interaction (self-attention over the kernels) runs nn.MultiheadAttention's
+    fused inference op, which fvcore has no handle for: ours counts the q/k/v and output
+    projections + Q K^T + A V, one multiply-add each."""
+    from sfnet_d2.benchmark.flops import flop_count_analysis
+
+    n, c = 5, 8
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = torch.nn.MultiheadAttention(c, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attention(x, x, x, need_weights=False)[0]
+
+    module, x = SelfAttention().eval(), torch.randn(1, n, c)
+    with torch.no_grad():
+        fused = flop_count_analysis(module, (x,))
+        assert set(fused.by_operator()) == {"_native_multi_head_attention"}
+        # q, k, v and output projections 4 n c^2 = 1280; Q K^T and A V 2 n^2 c = 400
+        assert fused.total() == 1280 + 400
+        # the projections as fvcore counts them when the composite ops run (its linear handle)
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            composite = flop_count_analysis(module, (x,))
+            assert composite.by_operator()["linear"] == 1280
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+KNET_DEMO = "configs/demo/knet_sfnet_STDC1_demo_coco.yaml"
+
+
+def test_knet_flops_expand_the_model_and_count_its_attention():
+    from sfnet_d2.benchmark.flops import analyze, flop_breakdown
+
+    cfg = make_cfg(KNET_DEMO)
+    cost = analyze(cfg, 64, 128)
+    # the K-Net part holds the whole model: the breakdown expands it, and its parts add up
+    rows = {r.name: r.gmacs for r in flop_breakdown(cost.flops)}
+    parts = ["model.backbone", "model.neck", "model.feature_branches", "model.kernel_head",
+             "model.stages"]
+    assert set(parts) <= set(rows)
+    # the neck's fusion runs in forward_features, a plain method: outside every module scope
+    outside = rows["(outside the modules above)"]
+    assert 0 < outside < 0.01 * rows["total"]
+    assert sum(rows[p] for p in parts) + outside == pytest.approx(rows["total"], rel=1e-9)
+    from detectron2.modeling import build_model
+
+    model = build_model(cfg)
+    # each stage: one self-attention over the kernels (proposals + stuff) of FEAT_CHANNELS
+    k, c = model.num_proposals + model.layout.num_stuff_classes, cfg.MODEL.KNET.FEAT_CHANNELS
+    attention = cost.flops.by_operator()["_native_multi_head_attention"]
+    assert attention == len(model.stages) * (4 * k * c * c + 2 * k * k * c)
+    assert cost.parameters == sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------ the benchmark
+def test_run_benchmark_small(tmp_path, demo_datasets):
+    settings = BenchmarkSettings(
+        input_size=(64, 128), runs=1, warmup=1, threads=2,
+        modes=("eager", "eager-kept-memory", "optimized", "fp16"), gemm_size=1024,
+        accuracy_dataset=demo_datasets[1], accuracy_images=1)
+    cfg = make_cfg(CONFIGS + "sfnet_lite_R18.yaml")
+    report = run_benchmark(cfg, settings, config_file="lite")
     out = tmp_path / "bench.json"
-    report = benchmark.main([
-        "--config-file", CONFIGS + "sfnet_lite_R18.yaml", "--input-size", "64", "128",
-        "--runs", "1", "--warmup", "1", "--threads", "2",
-        "--modes", "eager", "eager-kept-memory", "optimized", "fp16",
-        "--gemm-size", "1024", "--accuracy-dataset", demo_datasets[1], "--accuracy-images", "1",
-        "--output", str(out), "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
-    ])
+    write_report(report, str(out))
     assert json.loads(out.read_text())["results"].keys() == report["results"].keys()
     results = report["results"]
     kept = {"eager-kept-memory/network", "eager-kept-memory/end_to_end"}
@@ -152,13 +222,102 @@ def test_benchmark_command_small(tmp_path, demo_datasets):
     bound = 2 * report["fvcore_gmacs"] / throughput
     assert opt["flop_bound_s"] == pytest.approx(bound)
     assert opt["measured_over_bound"] == pytest.approx(opt["median_s"] / bound)
-    bound_cpu = 2 * report["fvcore_gmacs"] / (2 * 1024 ** 3 / results["conv_gemm"]["median_cpu_s"] / 1e9)
+    throughput_cpu = 2 * 1024 ** 3 / results["conv_gemm"]["median_cpu_s"] / 1e9
+    bound_cpu = 2 * report["fvcore_gmacs"] / throughput_cpu
     assert opt["cpu_measured_over_bound"] == pytest.approx(opt["median_cpu_s"] / bound_cpu)
     # 64x128 is 1/256 of 1024x2048 (PPM bins aside): official 178.85 GFLOPs
     assert report["fvcore_gmacs"] * 256 == pytest.approx(178.85, rel=0.01)
+    assert report["parameters"] == _parameters(cfg)
     acc = report["accuracy_vs_eager"]["optimized"]
     assert acc["pixels"] == 128 * 256  # one demo image of 128x256
     assert acc["max_abs_logit_deviation"] < 1e-4 and acc["argmax_changed_fraction"] < 1e-3
+    # the printed split: end to end = network + pre/post-processing
+    e2e, net = results["optimized/end_to_end"], results["optimized/network"]
+    assert (f"optimized: end to end {e2e['median_s']:.3f} s = network {net['median_s']:.3f} + "
+            f"pre/post-processing {e2e['median_s'] - net['median_s']:.3f}") in format_report(report)
+
+
+def test_run_benchmark_panoptic_model(demo_datasets):
+    """A panoptic config is just another config: network part, end to end, FLOPs, parameters."""
+    from sfnet_d2.benchmark.flops import analyze
+
+    settings = BenchmarkSettings(input_size=(64, 128), runs=1, warmup=0, threads=1,
+                                 modes=("eager", "optimized"), gemm_size=0,
+                                 accuracy_dataset=demo_datasets[1], accuracy_images=1)
+    report = run_benchmark(make_cfg(KNET_DEMO), settings)
+    assert report["meta_architecture"] == "SFNetKNet"
+    assert set(report["results"]) == {f"{m}/{p}" for m in ("eager", "optimized")
+                                      for p in ("network", "end_to_end")}
+    cost = analyze(make_cfg(KNET_DEMO), 64, 128)
+    assert report["fvcore_gmacs"] == pytest.approx(cost.total / 1e9, rel=1e-12)
+    assert report["parameters"] == cost.parameters
+    # the optimised copy only folds BatchNorm: the same panoptic segments
+    assert report["accuracy_vs_eager"]["optimized"]["max_abs_logit_deviation"] is None
+    assert report["accuracy_vs_eager"]["optimized"]["argmax_changed_fraction"] < 1e-3
+
+
+def _run_command(*args, timeout=600):
+    """A command as a user runs it: its own process, in the repository root."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+BENCH_ARGS = ["projects/SFNet/benchmark.py", "--config-file", CONFIGS + "sfnet_lite_R18.yaml",
+              "--input-size", "64", "128", "--runs", "1", "--warmup", "0", "--modes", "eager",
+              "--no-gemm", "--no-flops", "--accuracy-images", "0", "--threads", "1"]
+BN = ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
+
+
+def test_benchmark_command_writes_its_report(tmp_path):
+    out = tmp_path / "bench.json"
+    done = _run_command(*BENCH_ARGS, "--output", str(out), *BN, "MODEL.WEIGHTS", "")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"eager/network", "eager/end_to_end"}
+    assert report["opts"][-2:] == ["MODEL.WEIGHTS", ""] and report["runs"] == 1
+    assert "eager: end to end" in done.stdout
+    assert "randomly initialised" in done.stdout + done.stderr  # empty MODEL.WEIGHTS: logged
+
+
+class _CreatesFile:
+    """Unpickling it creates ``path``: what a malicious checkpoint does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_benchmark_refuses_weights_that_run_code(tmp_path, suffix):
+    payload = {"model": {"conv.weight": _CreatesFile(str(tmp_path / "proof"))}}
+    pickle.loads(pickle.dumps(payload))  # the payload works when unpickled naively...
+    assert (tmp_path / "proof").exists()
+    marker = tmp_path / "created_by_the_checkpoint"
+    payload = {"model": {"conv.weight": _CreatesFile(str(marker))}}
+    weights = tmp_path / f"evil{suffix}"
+    if suffix == ".pkl":
+        with open(weights, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        torch.save(payload, str(weights))
+    done = _run_command(*BENCH_ARGS, *BN, "MODEL.WEIGHTS", str(weights))
+    assert done.returncode != 0
+    assert "refusing to load" in done.stderr.lower(), done.stderr[-3000:]
+    assert str(weights) in done.stderr
+    assert not marker.exists()  # ... and the benchmark never unpickled it so
+
+
+def test_benchmark_refuses_another_architectures_checkpoint(tmp_path):
+    from detectron2.modeling import build_model
+
+    weights = tmp_path / "sfnet_R18.pth"
+    torch.save({"model": build_model(make_cfg(CONFIGS + "sfnet_R18.yaml")).state_dict()},
+               str(weights))
+    done = _run_command(*BENCH_ARGS, *BN, "MODEL.WEIGHTS", str(weights))  # a Lite-R18 config
+    assert done.returncode != 0
+    assert "does not match the model" in done.stderr, done.stderr[-3000:]
 
 
 def test_isolated_tasks_run_in_a_worker_and_report_its_cpu_time_and_memory():

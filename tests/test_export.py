@@ -1,4 +1,7 @@
-"""TorchScript / ONNX export: exported logits equal the PyTorch model's, the graph is static."""
+"""The network part (sfnet_d2/deployment/network_part.py: padding rule, pre-processing, one part
+per meta-architecture) and TorchScript / ONNX export: exported logits equal the PyTorch model's,
+the graph is static."""
+import importlib.util
 import json
 import os
 from collections import Counter
@@ -8,15 +11,22 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_cfg
+from helpers import ROOT, make_cfg
 from detectron2.modeling import build_model
+from detectron2.structures import ImageList
 from torch import nn
 
 from sfnet_d2.deployment import (
     ExportVerificationError,
+    PanopticKNetNetworkPart,
+    SemanticNetworkPart,
     StaticAdaptiveAvgPool2d,
     adaptive_pool_matrix,
     build_network_part,
+    network_part_of,
+    normalize_and_pad,
+    optimize_model,
+    padding_divisibility,
     export_onnx,
     export_torchscript,
     list_images,
@@ -61,6 +71,71 @@ def model_and_name(request):
 def demo_images(demo_root):
     files = list_images(os.path.join(demo_root, "leftImg8bit", "val", "valcity"))[:2]
     return load_images_for_export(files, HEIGHT, WIDTH, "RGB")
+
+
+# --- the network part's contract ------------------------------------------------------------
+
+def test_normalize_and_pad_equals_detectron2_image_list():
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.tensor([120.0, 110.0, 100.0]).view(3, 1, 1)
+    std = torch.tensor([60.0, 55.0, 50.0]).view(3, 1, 1)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+              for h, w in [(45, 70), (64, 33), (10, 96)]]
+    for divisibility in (0, 1, 32, 5):
+        expected = ImageList.from_tensors([(x - mean) / std for x in images], divisibility)
+        got, sizes = normalize_and_pad(images, mean, std, divisibility)
+        assert torch.equal(got, expected.tensor) and sizes == expected.image_sizes
+        # one image, and a batch tensor of one size
+        got, sizes = normalize_and_pad(images[:1], mean, std, divisibility)
+        assert torch.equal(got, ImageList.from_tensors([(images[0] - mean) / std],
+                                                       divisibility).tensor)
+        batch = torch.stack([images[0], images[0].flip(0)])
+        got, sizes = normalize_and_pad(batch, mean, std, divisibility)
+        assert torch.equal(got, ImageList.from_tensors([(x - mean) / std for x in batch],
+                                                       divisibility).tensor)
+        assert sizes == [(45, 70)] * 2
+    # hand-computed: 1x2 image, divisibility 4 -> 4x4, zeros after the normalisation
+    got, _ = normalize_and_pad(torch.full((1, 1, 1, 2), 7.0), torch.tensor(3.0).view(1, 1, 1),
+                               torch.tensor(2.0).view(1, 1, 1), 4)
+    assert got.shape == (1, 1, 4, 4) and got.sum() == 4.0 and got[0, 0, 0, :2].tolist() == [2, 2]
+    with pytest.raises(ValueError, match="no image"):
+        normalize_and_pad([], mean, std, 32)
+
+
+KNET_CONFIG = "configs/demo/knet_sfnet_STDC1_demo_coco.yaml"
+
+
+def test_padding_rule_and_parts_of_each_meta_architecture():
+    semantic = build_model(make_cfg(CONFIGS["sfnet_lite_R18"])).eval()
+    # SemanticSegmentor pads to its backbone's size_divisibility (detectron2 v0.6)
+    assert padding_divisibility(semantic) == semantic.backbone.size_divisibility == 32
+    # the optimised copy keeps its model's rule
+    assert padding_divisibility(optimize_model(semantic, torchscript="none")) == 32
+    part = network_part_of(semantic)
+    assert isinstance(part, SemanticNetworkPart) and part.backbone is semantic.backbone
+    knet = build_model(make_cfg(KNET_CONFIG)).eval()
+    assert padding_divisibility(knet) == knet.size_divisibility == 32
+    knet.size_divisibility = 64  # the model's own attribute wins over its backbone's
+    assert padding_divisibility(knet) == 64
+    assert isinstance(network_part_of(knet), PanopticKNetNetworkPart)
+    with pytest.raises(ValueError, match="No network part for MODEL.META_ARCHITECTURE=Linear"):
+        network_part_of(nn.Linear(2, 2))
+
+
+def test_semantic_part_on_preprocessed_images_equals_the_model():
+    """The same part (and pre-processing) serves the optimised path, FLOPs and the benchmark."""
+    torch.manual_seed(0)
+    model = _randomize_norms(build_model(make_cfg(CONFIGS["sfnet_R18"])).eval())
+    image = torch.randint(0, 256, (3, 40, 70), dtype=torch.uint8)  # padded to 64x96
+    with torch.no_grad():
+        expected = model([{"image": image}])[0]["sem_seg"]
+        padded, sizes = normalize_and_pad([image], model.pixel_mean, model.pixel_std,
+                                          padding_divisibility(model))
+        (logits,) = network_part_of(model)(padded)
+    assert padded.shape == (1, 3, 64, 96) and sizes == [(40, 70)]
+    assert torch.equal(logits[0, :, :40, :70], expected)
+    assert optimize_model(model, torchscript="none").network.backbone is not model.backbone
+    assert isinstance(optimize_model(model, torchscript="none").network, SemanticNetworkPart)
 
 
 # --- static adaptive pooling ---------------------------------------------------------------
@@ -169,8 +244,17 @@ def test_errors_name_the_problem(tmp_path, demo_images):
         list_images(str(tmp_path / "nope.png"))
 
 
+def _command(name):
+    """A command of projects/SFNet (scripts, not a package), imported from its file."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "projects", "SFNet", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_export_command(demo_root, tmp_path):
-    import export_model
+    export_model = _command("export_model")
 
     out = tmp_path / "export"
     rc = export_model.main([
@@ -178,7 +262,8 @@ def test_export_command(demo_root, tmp_path):
         "--format", "onnx", "--height", "64", "--width", "128", "--output", str(out),
         "--verify-images", os.path.join(demo_root, "leftImg8bit", "val", "valcity"),
         "--num-verify-images", "1",
-        "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
+        "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "MODEL.WEIGHTS", "random",
     ])
     assert rc == 0
     info = json.loads((out / "model.json").read_text())
@@ -190,8 +275,6 @@ def test_export_command(demo_root, tmp_path):
 
 
 # --- the panoptic model's network part -------------------------------------------------------
-
-KNET_CONFIG = "configs/demo/knet_sfnet_STDC1_demo_coco.yaml"
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

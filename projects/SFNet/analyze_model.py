@@ -1,60 +1,53 @@
 #!/usr/bin/env python
 """
-FLOPs and parameters of a config's network (fvcore; one multiply-add counts as one FLOP, as the
-paper counts, and as fvcore counts the official models when running lxtGH/SFSegNets@ba475ba), at
-the paper's 1024x2048 by
-default, in inference mode (no deep-supervision heads), with a per-module breakdown that names the
-official code's modules beside ours (layer0..4, ppm, fpn_in, fpn_out, FAMs, conv_last).
+FLOPs and parameters of a config's network part, semantic or panoptic (fvcore; one multiply-add
+counts as one FLOP, as the paper counts, and as fvcore counts the official models when running
+lxtGH/SFSegNets@ba475ba), at the paper's 1024x2048 by default, in inference mode (no
+deep-supervision heads), with a per-module breakdown that names the official code's modules
+beside ours (layer0..4, ppm, fpn_in, fpn_out, FAMs, conv_last). Several configs: also a table of
+their parameters and GFLOPs (docs/BENCHMARK.md, docs/PANOPTIC.md).
 
     python projects/SFNet/analyze_model.py --config-file configs/cityscapes/semantic/sfnet_R18.yaml
     python projects/SFNet/analyze_model.py --config-file ... --input-size 512 1024 --max-depth 3
+    python projects/SFNet/analyze_model.py \\
+        --config-file configs/cityscapes/panoptic/knet_sfnet_R18.yaml \\
+        --config-file configs/cityscapes/semantic/sfnet_R18.yaml MODEL.WEIGHTS ""
 """
 import argparse
 import logging
-import os
 import sys
 
-from detectron2.modeling import build_model
-from fvcore.nn import flop_count_table
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_net import build_config  # noqa: E402
-
-from sfnet_d2.benchmark.flops import count_network_flops, flop_breakdown  # noqa: E402
+from sfnet_d2.benchmark.flops import analyze, format_cost, format_costs
+from sfnet_d2.engine import build_config
+from sfnet_d2.engine.command_line import run_command
 
 
-def analyze(cfg, height: int, width: int):
-    """(fvcore analysis, total count, number of parameters) of ``cfg``'s network."""
-    model = build_model(cfg).eval()
-    flops = count_network_flops(model, height, width)
-    params = sum(p.numel() for p in model.parameters())
-    return flops, flops.total(), params
-
-
-def format_breakdown(flops) -> str:
-    lines = [f"{'module':<48} {'official':<24} {'GFLOPs':>9}"]
-    for row in flop_breakdown(flops):
-        name = "  " * row.depth + row.name
-        lines.append(f"{name:<48} {row.official:<24} {row.gmacs:>9.2f}")
-    return "\n".join(lines)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--config-file", required=True)
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.strip().splitlines()[1:]))
+    parser.add_argument("--config-file", required=True, action="append", metavar="FILE",
+                        help="a config; repeat the option for several")
     parser.add_argument("--input-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
     parser.add_argument("--max-depth", type=int, default=2, help="depth of fvcore's module table")
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides KEY VALUE, for every config")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    cfg = build_config(args.config_file, args.opts)
-    flops, total, params = analyze(cfg, *args.input_size)
-    print(flop_count_table(flops, max_depth=args.max_depth))
     h, w = args.input_size
-    print(f"\nPer-module breakdown at {h}x{w} (GFLOPs = 1e9 multiply-adds):")
-    print(format_breakdown(flops))
-    print(f"\n{args.config_file}: {total / 1e9:.2f} GFLOPs at {h}x{w}, {params:,} parameters")
+    costs = []
+    for config_file in args.config_file:
+        cost = analyze(build_config(config_file, args.opts), h, w)
+        costs.append((config_file, cost))
+        print(format_cost(config_file, cost, h, w, args.max_depth))
+    if len(costs) > 1:
+        print(format_costs(costs, h, w))
+    return costs
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

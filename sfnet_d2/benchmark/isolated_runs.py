@@ -28,7 +28,8 @@ class ExternalRun(NamedTuple):
 
 
 def _worker(conn, tasks: Dict[str, Tuple[Callable, tuple]], threads: int):
-    from sfnet_d2.benchmark.timing import peak_memory_of  # imported here: the worker is a fresh interpreter
+    # imported here: the worker is a fresh interpreter
+    from sfnet_d2.benchmark.timing import peak_memory_of
 
     torch.set_num_threads(threads)
     with torch.inference_mode():

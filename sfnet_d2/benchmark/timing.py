@@ -1,5 +1,5 @@
 """
-Timing machinery of ``projects/SFNet/benchmark.py`` (docs/BENCHMARK.md):
+Timing machinery of the benchmark (``sfnet_d2/benchmark/run.py``, docs/BENCHMARK.md):
 
 * :func:`round_robin` times several tasks interleaved (task A run 1, task B run 1, ..., task A
   run 2, ...) after a warm-up of each, so that load from other processes hits every task alike;
@@ -12,12 +12,12 @@ Timing machinery of ``projects/SFNet/benchmark.py`` (docs/BENCHMARK.md):
   ``torch.cuda.max_memory_allocated``). Done outside the timed runs because releasing memory before
   a run makes the run pay page faults;
 * :func:`summarize` gives median, p90 and FPS, also over the "clean" runs only (other processes
-  below ``CLEAN_OTHER_CORES``), like the measurements in official-sfnet.md section 3;
+  below ``CLEAN_OTHER_CORES``; docs/BENCHMARK.md, Protocol);
 * tasks may run in a worker process (isolated_runs.py: the plain ``eager`` mode, away from the
   optimised path's allocator setting); they report their CPU time, and their peak memory is
   measured in the worker;
 * :func:`conv_gemm_task` is the machine's fp32 convolution throughput reference: a 4096^3 GEMM
-  run as a 1x1 ``conv2d`` (official-sfnet.md section 3), from which the FLOP bound of a model is
+  run as a 1x1 ``conv2d`` (docs/BENCHMARK.md), from which the FLOP bound of a model is
   ``2 * GMACs / throughput``.
 """
 import gc
@@ -46,11 +46,15 @@ __all__ = [
     "OtherProcessLoad",
     "bf16_support",
     "CLEAN_OTHER_CORES",
+    "GEMM",
     "end_to_end",
 ]
 
-# A run counts as "clean" when other processes used less than this many cores during it (the
-# threshold of official-sfnet.md section 3).
+# The task name of the GEMM throughput reference in the benchmark's results.
+GEMM = "conv_gemm"
+
+# A run counts as "clean" when other processes used less than this many cores during it
+# (docs/BENCHMARK.md, Protocol).
 CLEAN_OTHER_CORES = 0.15
 
 

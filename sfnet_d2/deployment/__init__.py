@@ -1,15 +1,28 @@
 """
-Deployment: the network part of a model (normalised, padded images in, raw outputs out), the
-optimised inference path (BatchNorm folding, channels-last, gather warp, TorchScript, bf16, kept
-working memory) and export to TorchScript / ONNX with a check against PyTorch.
+Deployment: the network part of a model (normalised, padded images in, raw outputs out; the one
+padding rule and pre-processing), the optimised inference path (BatchNorm folding, channels-last,
+gather warp, TorchScript, bf16, kept working memory) and export to TorchScript / ONNX with a check
+against PyTorch.
 User documentation: docs/BENCHMARK.md (optimised path), docs/EXPORT.md (export).
 """
+from sfnet_d2.deployment.network_part import (
+    NETWORK_PARTS,
+    FixedSizeNetworkPart,
+    NetworkPart,
+    PanopticKNetNetworkPart,
+    SemanticNetworkPart,
+    build_network_part,
+    network_part_of,
+    normalize_and_pad,
+    padding_divisibility,
+    register_network_part,
+)
 from sfnet_d2.deployment.optimized_model import (
     PRECISIONS,
     TORCHSCRIPT_LEVELS,
     OptimizedSemanticSegmentor,
-    SemanticNetwork,
     build_inference_model,
+    inference_options,
     optimize_model,
     resize_logits,
 )
@@ -30,14 +43,11 @@ from sfnet_d2.deployment.exporter import (
     load_exported,
     write_export_info,
 )
-from sfnet_d2.deployment.network_part import (
-    NETWORK_PARTS,
-    PanopticKNetNetworkPart,
-    SemanticNetworkPart,
-    build_network_part,
-    register_network_part,
+from sfnet_d2.deployment.static_pooling import (
+    StaticAdaptiveAvgPool2d,
+    adaptive_pool_matrix,
+    replace_adaptive_avg_pooling,
 )
-from sfnet_d2.deployment.static_pooling import StaticAdaptiveAvgPool2d, adaptive_pool_matrix, replace_adaptive_avg_pooling
 from sfnet_d2.deployment.verification import (
     ExportVerificationError,
     demo_verification_images,

@@ -5,8 +5,9 @@ exported files, and the check that an export reproduces the PyTorch model.
 Both formats are *static*: the batch size (1) and the image size are fixed at export. SFNet's
 graph depends on the size in three places that become constants in the trace: the warp's base
 grid (the official ``torch.linspace`` grid, computed from Python ints, is constant-folded in
-ONNX), the interpolation sizes and the PPM's pooling windows (``sfnet_d2/deployment/static_pooling.py``). The
-exported file therefore only accepts that size; export again for another one.
+ONNX), the interpolation sizes and the PPM's pooling windows
+(``sfnet_d2/deployment/static_pooling.py``). The exported file therefore only accepts that size;
+export again for another one.
 
 ONNX: opset 16 is the first with ``GridSample`` (the warp), so ``opset < 16`` is refused. The
 default exporter is torch's TorchScript-based one (``dynamo=False``): it writes the requested
@@ -110,14 +111,16 @@ def export_onnx(part: nn.Module, path: str, opset: int = DEFAULT_ONNX_OPSET,
     """
     if opset < MIN_ONNX_OPSET:
         raise ValueError(
-            f"ONNX opset {opset} has no GridSample (the flow warp); use --opset {MIN_ONNX_OPSET} or later"
+            f"ONNX opset {opset} has no GridSample (the flow warp); use --opset {MIN_ONNX_OPSET} "
+            "or later"
         )
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter={exporter!r}: expected 'torchscript' or 'dynamo'")
     if exporter == "dynamo":
         if opset < MIN_DYNAMO_OPSET:
             raise ValueError(
-                f"The dynamo ONNX exporter writes opset {MIN_DYNAMO_OPSET} or later, got --opset {opset}"
+                f"The dynamo ONNX exporter writes opset {MIN_DYNAMO_OPSET} or later, got "
+                f"--opset {opset}"
             )
         try:
             import onnxscript  # noqa: F401
@@ -190,13 +193,15 @@ def compare_outputs(exported: Sequence[np.ndarray], reference: Sequence[torch.Te
                     names: Sequence[str]) -> Dict[str, float]:
     """Maximum absolute difference per output; shape mismatches raise with the output's name."""
     if len(exported) != len(reference):
-        raise ValueError(f"Exported model returns {len(exported)} outputs, PyTorch {len(reference)}")
+        raise ValueError(f"Exported model returns {len(exported)} outputs, PyTorch "
+                         f"{len(reference)}")
     diffs = {}
     for name, e, r in zip(names, exported, reference):
         r = r.detach().cpu().numpy()
         if e.shape != r.shape:
             raise ValueError(f"Output {name}: exported shape {e.shape} != PyTorch shape {r.shape}")
-        diffs[name] = float(np.abs(e.astype(np.float64) - r.astype(np.float64)).max()) if e.size else 0.0
+        diff = np.abs(e.astype(np.float64) - r.astype(np.float64))
+        diffs[name] = float(diff.max()) if e.size else 0.0
     return diffs
 
 

@@ -11,7 +11,8 @@ with the same ``forward(batched_inputs) -> [{"sem_seg": logits}]`` contract as d
   (``optimize.py``);
 * optionally the channels-last memory layout (oneDNN's native layout on CPU), with the FAM /
   GD-FAM warps as weighted gathers of channels-last rows (modeling/gather_warp.py);
-* optionally the network (backbone + head, normalised image -> full-resolution logits) traced with
+* optionally the network part (``SemanticNetworkPart`` of network_part.py: backbone + head,
+  normalised padded image -> full-resolution logits) traced with
   ``torch.jit.trace`` once per input size and frozen with ``torch.jit.freeze`` (constants folded,
   conv + ReLU / conv + add fused by oneDNN), optionally with ``torch.jit.optimize_for_inference``;
 * optionally run in bfloat16 / float16 (weights and activations cast, logits returned in float32);
@@ -20,9 +21,9 @@ with the same ``forward(batched_inputs) -> [{"sem_seg": logits}]`` contract as d
 * the post-processing resize of ``sem_seg_postprocess`` skipped when the output size equals the
   input size (it is an exact identity there, but a full-resolution copy of the logits).
 
-Pre-processing (``(x - mean) / std``, padding to ``size_divisibility``) is exactly
-``SemanticSegmentor``'s, so in float32 the logits equal the plain model's up to float rounding
-(summation order inside fused kernels; tested within 1e-4).
+Pre-processing is network_part.py's ``normalize_and_pad`` with the model's padding rule (the
+values of ``SemanticSegmentor``'s own), so in float32 the logits equal the plain model's up to
+float rounding (summation order inside fused kernels; tested within 1e-4).
 For any other meta-architecture only the module rewrites are applied and its own forward is kept.
 """
 import copy
@@ -33,12 +34,16 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import SemanticSegmentor
-from detectron2.structures import ImageList
 from torch import nn
 
+from sfnet_d2.deployment.memory import kept_memory
+from sfnet_d2.deployment.network_part import (
+    SemanticNetworkPart,
+    normalize_and_pad,
+    padding_divisibility,
+)
 from sfnet_d2.deployment.static_pooling import replace_adaptive_avg_pooling
 from sfnet_d2.modeling.meta_arch.semantic import SFNetSemanticSegmentor
-from sfnet_d2.deployment.memory import kept_memory
 from sfnet_d2.deployment.optimize import (
     fold_batchnorm,
     strip_training_only_modules,
@@ -47,9 +52,9 @@ from sfnet_d2.deployment.optimize import (
 )
 
 __all__ = [
-    "SemanticNetwork",
     "OptimizedSemanticSegmentor",
     "optimize_model",
+    "inference_options",
     "build_inference_model",
     "PRECISIONS",
     "TORCHSCRIPT_LEVELS",
@@ -63,19 +68,6 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 TORCHSCRIPT_LEVELS = ("none", "freeze", "optimize")
 
 
-class SemanticNetwork(nn.Module):
-    """Backbone + semantic head: normalised, padded images (N, 3, H, W) -> logits (N, K, H, W),
-    the network alone without pre- or post-processing (what the official code times)."""
-
-    def __init__(self, backbone: nn.Module, sem_seg_head: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.sem_seg_head = sem_seg_head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.sem_seg_head(self.backbone(images))[0]
-
-
 class OptimizedSemanticSegmentor(nn.Module):
     """
     ``SemanticSegmentor`` for inference only: same inputs and outputs, faster network.
@@ -85,7 +77,7 @@ class OptimizedSemanticSegmentor(nn.Module):
     def __init__(
         self,
         *,
-        network: SemanticNetwork,
+        network: SemanticNetworkPart,
         pixel_mean: torch.Tensor,
         pixel_std: torch.Tensor,
         size_divisibility: int,
@@ -176,19 +168,18 @@ class OptimizedSemanticSegmentor(nn.Module):
                     )
                     self._warned_eager_fallback = True
                 net = self.network
-        return net(images).float()
+        return net(images)[0].float()
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         if self.training:
             raise RuntimeError("OptimizedSemanticSegmentor is inference-only")
         with torch.no_grad(), kept_memory(self.keep_memory and self.device.type == "cpu"):
-            # Exactly SemanticSegmentor's pre-processing.
-            images = [x["image"].to(self.device) for x in batched_inputs]
-            images = [(x - self.pixel_mean) / self.pixel_std for x in images]
-            images = ImageList.from_tensors(images, self.size_divisibility)
-            logits = self.network_forward(images.tensor)
+            images, image_sizes = normalize_and_pad(
+                [x["image"].to(self.device) for x in batched_inputs], self.pixel_mean,
+                self.pixel_std, self.size_divisibility)
+            logits = self.network_forward(images)
             results = []
-            for result, inputs, image_size in zip(logits, batched_inputs, images.image_sizes):
+            for result, inputs, image_size in zip(logits, batched_inputs, image_sizes):
                 height = inputs.get("height", image_size[0])
                 width = inputs.get("width", image_size[1])
                 results.append({"sem_seg": resize_logits(result, image_size, height, width)})
@@ -241,7 +232,7 @@ def optimize_model(
     if type(model) not in (SemanticSegmentor, SFNetSemanticSegmentor):
         return _rewrite_modules(model, type(model).__name__)
     model = _rewrite_modules(model, "SemanticSegmentor")
-    network = SemanticNetwork(model.backbone, model.sem_seg_head)
+    network = SemanticNetworkPart(model)
     if channels_last:
         # The gather warp reads channels-last rows and writes channels-last output; with NCHW
         # features it would add layout copies instead of removing them.
@@ -252,7 +243,7 @@ def optimize_model(
         network=network,
         pixel_mean=model.pixel_mean,
         pixel_std=model.pixel_std,
-        size_divisibility=model.backbone.size_divisibility,
+        size_divisibility=padding_divisibility(model),
         channels_last=channels_last,
         torchscript=torchscript,
         precision=precision,
@@ -261,20 +252,28 @@ def optimize_model(
     ).to(model.pixel_mean.device)
 
 
+def inference_options(cfg, **overrides) -> Dict[str, object]:
+    """The keyword arguments of :func:`optimize_model` that ``DEPLOY.*`` asks for,
+    with ``overrides`` (e.g. ``precision="bf16"``, ``torchscript="none"``) replacing some."""
+    settings = cfg.DEPLOY
+    options = dict(channels_last=settings.CHANNELS_LAST, torchscript=settings.TORCHSCRIPT,
+                   precision=settings.PRECISION, max_compiled_sizes=settings.MAX_COMPILED_SIZES,
+                   keep_memory=settings.KEEP_MEMORY)
+    unknown = set(overrides) - set(options)
+    if unknown:
+        raise TypeError(f"inference_options: unknown options {sorted(unknown)}; known: "
+                        f"{sorted(options)}")
+    options.update(overrides)
+    return options
+
+
 def build_inference_model(cfg, model: nn.Module, precision: Optional[str] = None) -> nn.Module:
     """
     The model to run inference with under ``cfg``: ``model`` itself when
     ``DEPLOY.OPTIMIZE`` is False, else its optimised copy configured by
     ``DEPLOY.*``. ``precision`` overrides ``DEPLOY.PRECISION``.
     """
-    settings = cfg.DEPLOY
-    if not settings.OPTIMIZE:
+    if not cfg.DEPLOY.OPTIMIZE:
         return model
-    return optimize_model(
-        model,
-        channels_last=settings.CHANNELS_LAST,
-        torchscript=settings.TORCHSCRIPT,
-        precision=precision or settings.PRECISION,
-        max_compiled_sizes=settings.MAX_COMPILED_SIZES,
-        keep_memory=settings.KEEP_MEMORY,
-    )
+    overrides = {"precision": precision} if precision else {}
+    return optimize_model(model, **inference_options(cfg, **overrides))

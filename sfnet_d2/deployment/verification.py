@@ -70,7 +70,8 @@ def load_images_for_export(paths: Sequence[str], height: int, width: int,
 
 
 def demo_verification_images(height: int, width: int, input_format: str = "RGB",
-                             num_images: int = 2, demo_root: Optional[str] = None) -> List[np.ndarray]:
+                             num_images: int = 2,
+                             demo_root: Optional[str] = None) -> List[np.ndarray]:
     """
     The demo data's validation images (``sfnet_d2/data/demo_data.py``), resized to the export
     size: from ``demo_root`` (default ``$DETECTRON2_DATASETS/sfnet_demo_cityscapes``) when a
@@ -148,7 +149,8 @@ def verify_export(exported: ExportedModel, part: nn.Module, images: Sequence[np.
         raise ExportVerificationError(
             f"{exported.path}: outputs differ from PyTorch by more than {atol}: {bad} "
             f"(over {len(images)} images"
-            + (f"; predicted class changed at {changed:.2e} of the pixels" if changed is not None else "")
+            + (f"; predicted class changed at {changed:.2e} of the pixels"
+               if changed is not None else "")
             + "). Large inputs reach the float32 floor: at 1024x2048 PyTorch's own bilinear "
             "upsampling of the logits is ~1e-4 away from a float64 computation "
             "(docs/EXPORT.md); if the classes agree, check with a larger --atol."
