@@ -1,6 +1,7 @@
 """Each dataset's loader and preparation command on a tiny synthetic tree in its real layout,
 created in tmp_path: records, remapped label values, overwrite protection and the errors for
 missing folders. The make_* builders are in helpers.py (test_datasets_uds.py uses them too)."""
+import argparse
 import json
 import os
 
@@ -33,7 +34,7 @@ from sfnet_d2.data.datasets import (
 )
 from sfnet_d2.data.datasets.idd import rasterize_idd_label_ids
 from sfnet_d2.data.datasets.label_mapping import load_label_mapping
-from sfnet_d2.data.prepare import prepare_dataset, prepare_main
+from sfnet_d2.data.prepare import add_prepare_arguments, prepare_dataset, prepare_from_args
 
 
 def _read(path):
@@ -69,10 +70,15 @@ def test_prepare_keeps_existing_outputs_unless_overwrite(tmp_path, capsys):
     out = os.path.join(root, "validation", "labels_cityscapes19", "imgval000.png")
     write_label(out, np.full((H, W), 3))  # stands for an earlier, different output
     args = ["--root", root, "--splits", "val", "--num-workers", "1"]
-    assert prepare_main("mapillary", "test", args) == {"val": {"written": 0, "kept": 2}}
+
+    def prepare_main(argv):  # what projects/SFNet/prepare_mapillary.py runs
+        parser = add_prepare_arguments(argparse.ArgumentParser(), "mapillary")
+        return prepare_from_args("mapillary", parser.parse_args(argv))
+
+    assert prepare_main(args) == {"val": {"written": 0, "kept": 2}}
     assert "2 existing kept" in capsys.readouterr().out
     assert (_read(out) == 3).all()
-    assert prepare_main("mapillary", "test", args + ["--overwrite"]) == {"val": {"written": 2, "kept": 0}}
+    assert prepare_main(args + ["--overwrite"]) == {"val": {"written": 2, "kept": 0}}
     np.testing.assert_array_equal(_read(out), np.tile(MAPILLARY_EXPECTED, (3, 2)))
 
 
