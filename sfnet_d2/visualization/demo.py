@@ -193,6 +193,7 @@ def save_flow_pictures_of_image(predictor, path: str, out_dir: str, feature_mode
     size the model sees it. ``predictor`` must be built with ``optimize=False``: the flows are read
     from the plain model's FAM / GD-FAM modules with forward hooks, which the optimised copy does
     not run."""
+    from sfnet_d2.deployment.network_part import padding_divisibility
     from sfnet_d2.visualization.flow import record_alignments, save_flow_pictures
 
     model = predictor.model
@@ -201,12 +202,8 @@ def save_flow_pictures_of_image(predictor, path: str, out_dir: str, feature_mode
     tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
     inputs = {"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]}
     outputs, records = record_alignments(model, [inputs])
-    # the network input is padded to the model's size divisibility (SFNetKNet keeps it on the
-    # model, SemanticSegmentor on the backbone): the flows live on that padded grid
-    divisibility = getattr(model, "size_divisibility", None)
-    if divisibility is None:
-        divisibility = getattr(model.backbone, "size_divisibility", 0)
-    divisibility = max(int(divisibility or 0), 1)
+    # the network input is padded to the model's size divisibility: the flows live on that grid
+    divisibility = max(padding_divisibility(model), 1)
     padded = tuple(-(-s // divisibility) * divisibility for s in rgb.shape[:2])
     segmentation = draw_prediction(rgb, outputs[0], predictor.metadata)
     prefix = os.path.splitext(os.path.basename(path))[0]
