@@ -9,9 +9,12 @@ SFNet / SFNet-Lite / K-Net training and evaluation with detectron2 (sfnet_d2.eng
 
 Every detectron2 flag works (--num-machines, --machine-rank, --dist-url, KEY VALUE overrides).
 """
+import sys
+
 from detectron2.engine import default_argument_parser
 
 from sfnet_d2.engine import launch_train_or_evaluate
+from sfnet_d2.engine.command_line import run_command
 
 
 def main(argv=None):
@@ -19,4 +22,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))
