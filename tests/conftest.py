@@ -1,15 +1,11 @@
 """Shared fixtures: a small demo dataset in the Cityscapes layout, a root with every dataset name
 registered under a temporary folder, one torch thread. Plain helpers are in helpers.py."""
 import os
-import sys
 
 import pytest
 import torch
 
 import sfnet_d2  # noqa: F401  (registers the datasets and the models)
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "projects", "SFNet"))
 
 torch.set_num_threads(2)
 

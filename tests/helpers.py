@@ -1,11 +1,15 @@
-"""Plain helpers shared by the test modules (``from helpers import ...``; pytest puts tests/ on
-sys.path because tests/ has a conftest.py and no __init__.py). Fixtures live in conftest.py.
+"""Plain helpers shared by the test modules (``from helpers import ...``: tests/ has a conftest.py
+and no __init__.py, so pytest's default "prepend" import mode puts tests/ first on the import
+path). Fixtures live in conftest.py.
 
 * paths and configs: ``ROOT``, ``make_cfg`` (a CPU config with plain BN), ``load_config`` (a
   YAML file through the library's ``build_config``, cached);
 * config headers and the model zoo table: ``config_header``, ``model_zoo_rows``,
   ``model_zoo_text``;
 * ``tiny_knet_cfg``: a K-Net small enough to run a forward and backward in a test;
+* ``reference_ohem_keep_mask`` / ``reference_ohem_cross_entropy``: the OHEM before the
+  count-first threshold, the reference the library's must match bit for bit;
+  ``count_kthvalue_calls``;
 * synthetic dataset trees in each dataset's real layout (``make_cityscapes`` ... ``make_ade20k``)
   and the image/label writers they use.
 """
@@ -15,6 +19,8 @@ import os
 import re
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from detectron2.config import get_cfg
 from PIL import Image
 
@@ -84,6 +90,46 @@ def tiny_knet_cfg(dataset="cityscapes_fine_panoptic_train", **overrides):
     for k, v in overrides.items():
         opts += [k, v]
     return make_cfg("configs/coco/panoptic/knet_sfnet_STDC1.yaml", opts)
+
+
+# ---------------------------------------------------------------- OHEM reference
+# The implementation before the count-first threshold (sfnet_d2/modeling/heads/losses.py at commit
+# 83c13e3): always a kthvalue over all pixels, ignored ones at p = 1. Kept here as the reference
+# the faster one must match bit for bit (test_ohem.py, test_training_step.py).
+@torch.no_grad()
+def reference_ohem_keep_mask(logits, targets, ignore_index, thresh, min_kept):
+    valid = targets != ignore_index
+    num_valid = int(valid.sum())
+    if num_valid == 0 or min_kept <= 0 or min_kept > num_valid:
+        return valid
+    prob = F.softmax(logits.float(), dim=1)
+    gt = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
+    gt_prob = prob.gather(1, gt).squeeze(1)
+    gt_prob = torch.where(valid, gt_prob, torch.ones_like(gt_prob))
+    kth = torch.kthvalue(gt_prob.flatten(), min_kept).values
+    return valid & (gt_prob <= torch.clamp(kth, min=thresh))
+
+
+def reference_ohem_cross_entropy(logits, targets, ignore_index=255, thresh=0.7,
+                                 min_kept=100000):
+    keep = reference_ohem_keep_mask(logits, targets, ignore_index, thresh, min_kept)
+    mined = torch.where(keep, targets, torch.full_like(targets, ignore_index))
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, mined, ignore_index=ignore_index, reduction="mean")
+
+
+def count_kthvalue_calls(monkeypatch):
+    """A list that grows by one at each torch.kthvalue call (for the rest of the test)."""
+    calls = []
+    real = torch.kthvalue
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "kthvalue", counting)
+    return calls
 
 
 # ---------------------------------------------------------------- synthetic dataset trees

@@ -194,6 +194,7 @@ def test_knet_flops_expand_the_model_and_count_its_attention():
 
 
 # ------------------------------------------------------------------------------ the benchmark
+@pytest.mark.slow
 def test_run_benchmark_small(tmp_path, demo_datasets):
     settings = BenchmarkSettings(
         input_size=(64, 128), runs=1, warmup=1, threads=2,
@@ -237,6 +238,7 @@ def test_run_benchmark_small(tmp_path, demo_datasets):
             f"pre/post-processing {e2e['median_s'] - net['median_s']:.3f}") in format_report(report)
 
 
+@pytest.mark.slow
 def test_run_benchmark_panoptic_model(demo_datasets):
     """A panoptic config is just another config: network part, end to end, FLOPs, parameters."""
     from sfnet_d2.benchmark.flops import analyze
@@ -268,6 +270,7 @@ BENCH_ARGS = ["projects/SFNet/benchmark.py", "--config-file", CONFIGS + "sfnet_l
 BN = ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
 
 
+@pytest.mark.slow
 def test_benchmark_command_writes_its_report(tmp_path):
     out = tmp_path / "bench.json"
     done = _run_command(*BENCH_ARGS, "--output", str(out), *BN, "MODEL.WEIGHTS", "")
@@ -289,6 +292,7 @@ class _CreatesFile:
         return (exec, (f"open({self.path!r}, 'w').close()",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".pkl", ".pth"])
 def test_benchmark_refuses_weights_that_run_code(tmp_path, suffix):
     payload = {"model": {"conv.weight": _CreatesFile(str(tmp_path / "proof"))}}
@@ -309,6 +313,7 @@ def test_benchmark_refuses_weights_that_run_code(tmp_path, suffix):
     assert not marker.exists()  # ... and the benchmark never unpickled it so
 
 
+@pytest.mark.slow
 def test_benchmark_refuses_another_architectures_checkpoint(tmp_path):
     from detectron2.modeling import build_model
 
@@ -320,6 +325,7 @@ def test_benchmark_refuses_another_architectures_checkpoint(tmp_path):
     assert "does not match the model" in done.stderr, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_isolated_tasks_run_in_a_worker_and_report_its_cpu_time_and_memory():
     from sfnet_d2.benchmark.isolated_runs import ExternalRun, IsolatedTasks
 

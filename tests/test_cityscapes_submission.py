@@ -48,6 +48,7 @@ def test_writer_files_equal_the_model_prediction(demo_datasets, tmp_path):
         CityscapesSubmissionWriter(val, out_dir).reset()
 
 
+@pytest.mark.slow
 def test_train_net_writes_a_submission(demo_root, tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=os.path.dirname(demo_root), OMP_NUM_THREADS="1")
     proc = subprocess.run(

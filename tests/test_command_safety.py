@@ -115,6 +115,7 @@ RUNS = [(cmd, case) for cmd in ("train_net", "demo", "export_model", "visualize_
         if not (cmd == "train_panoptic_pipeline" and case == "empty")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,case", RUNS)
 def test_command_refuses_the_weights(command, case, files, tmp_path):
     key, message = CASES[case]
@@ -134,6 +135,7 @@ def test_command_refuses_the_weights(command, case, files, tmp_path):
     assert not produced
 
 
+@pytest.mark.slow
 def test_demo_names_a_truncated_checkpoint(files, tmp_path):
     proc, output = _run("demo", str(files["truncated"]), files, tmp_path / "out")
     assert proc.returncode == 1

@@ -23,6 +23,9 @@ from helpers import ROOT
 from sfnet_d2.data.datasets import register_cityscapes_semantic
 from sfnet_d2.data.datasets.common import cityscapes19_metadata, register_sem_seg
 
+# every test reads the results of one --eval-only run of the whole command path (eval_run)
+pytestmark = pytest.mark.slow
+
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "sfnet_lite_R18_demo.yaml")
 NAMES = ("xds_cityscapes", "xds_plain", "xds_plain_copy", "xds_altered")
 

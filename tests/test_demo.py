@@ -55,6 +55,7 @@ def _check_side_by_side(path, source_path):
     assert np.abs(picture[:, W + 4:].astype(int) - source).mean() > 5  # right: an overlay
 
 
+@pytest.mark.slow
 def test_folder_gives_side_by_side_pictures(images, tmp_path):
     outputs = demo.main(["--config-file", CONFIG, "--input", str(images), "--output",
                          str(tmp_path), "--opts"] + OPTS)
@@ -63,6 +64,7 @@ def test_folder_gives_side_by_side_pictures(images, tmp_path):
         _check_side_by_side(out, images / os.path.basename(out))
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_named_and_listed(images, tmp_path):
     folder = tmp_path / "inputs"
     folder.mkdir()
@@ -108,6 +110,7 @@ def test_command_line_exit_status_and_message_for_skipped_images(images, tmp_pat
     assert (out / good.name).is_file()
 
 
+@pytest.mark.slow
 def test_video_gives_an_mp4_with_side_by_side_frames(images, tmp_path):
     video = str(tmp_path / "clip.mp4")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (W, H))
@@ -164,6 +167,7 @@ def test_weights_are_required_and_read_safely(images, tmp_path):
                              str(tmp_path / "b"), "--opts"] + base)
 
 
+@pytest.mark.slow
 def test_visualize_flow_command(images, tmp_path):
     (paths,) = visualize_flow.main(["--config-file", CONFIG, "--input",
                                     str(sorted(images.glob("*.png"))[0]), "--output",
@@ -177,6 +181,7 @@ def test_visualize_flow_command(images, tmp_path):
     assert Image.open(paths["overview"]).size == (4 * W + 3 * 4, H)
 
 
+@pytest.mark.slow
 def test_panoptic_config_gives_a_panoptic_overlay_at_the_input_size(images, tmp_path):
     # the K-Net demo config resizes to a shorter side of 128 for the model (INPUT.MIN_SIZE_TEST);
     # the picture stays at the input's size

@@ -258,6 +258,7 @@ TTA_OPTS = ["TEST.SFNET.MODE", "slide", "TEST.SFNET.SLIDE_CROP_SIZE", "96",
             "TEST.SFNET.SLIDE_BATCH_SIZE", "4", "TEST.SFNET.EVALUATOR", "sem_seg"]
 
 
+@pytest.mark.slow
 def test_eval_only_and_trainer_test_use_the_configured_protocol(demo_root, demo_datasets,
                                                                 tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer

@@ -157,6 +157,7 @@ def test_static_pool_equals_adaptive_avg_pool(size, bins):
 
 # --- whole models, both formats ------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_matches_pytorch_on_demo_images(model_and_name, demo_images, fmt, tmp_path):
     model, name = model_and_name
@@ -253,6 +254,7 @@ def _command(name):
     return module
 
 
+@pytest.mark.slow
 def test_export_command(demo_root, tmp_path):
     export_model = _command("export_model")
 
@@ -277,6 +279,7 @@ def test_export_command(demo_root, tmp_path):
 # --- the panoptic model's network part -------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_panoptic_knet_network_part(fmt, tmp_path):
     if not os.path.isfile(os.path.join(os.path.dirname(__file__), "..", KNET_CONFIG)):

@@ -70,6 +70,7 @@ def _run_child(keep: bool, env=None):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_kept_memory_removes_page_faults_of_repeated_calls():
     plain = _run_child(keep=False)
     kept = _run_child(keep=True)
@@ -86,6 +87,7 @@ def test_kept_memory_removes_page_faults_of_repeated_calls():
     assert plain["inside"] == 0
 
 
+@pytest.mark.slow
 def test_user_malloc_settings_are_left_alone():
     env = dict(os.environ, MALLOC_MMAP_MAX_="65536")
     result = _run_child(keep=True, env=env)

@@ -55,6 +55,7 @@ def _cfg(train="test_knet_coco_train", test="test_knet_coco_val", extra=()):
                                        "MODEL.STDC.NORM", "BN", *extra])
 
 
+@pytest.mark.slow
 def test_a_few_iterations_lower_the_loss(data_root):
     torch.manual_seed(0)
     cfg = _cfg(extra=["INPUT.KNET.AUGMENTATION", "none", "INPUT.KNET.FLIP_PROB", "0.0"])
@@ -136,24 +137,30 @@ def test_bad_panoptic_data_names_the_image(data_root, tmp_path):
 
 
 def _pipeline(data_root, out, *extra):
-    """The pipeline command, its parent process in this one (the stages run as their own processes,
-    as always); returns what it logged (OUTPUT_DIR/pipeline_log.txt of stage 2, appended per run)
-    and each stage's train_net log."""
-    import train_panoptic_pipeline
+    """The pipeline of ``train_panoptic_pipeline.py --demo`` (sfnet_d2/engine/pipeline.py), its
+    parent process in this one (the stages run as their own processes, as always); returns what it
+    logged (OUTPUT_DIR/pipeline_log.txt of stage 2, appended per run) and each stage's train_net
+    log."""
+    from detectron2.utils.logger import setup_logger
+
+    from sfnet_d2.engine.pipeline import run_panoptic_pipeline
 
     coco = data_root / "sfnet_demo_coco_panoptic"
-    argv = ["--demo",
-            # stage 1 trains on a by-paths registration of the COCO-format data (a user's dataset)
-            "--register", "user_coco_train", str(coco / "train2017"),
-            str(coco / "panoptic_train2017"), str(coco / "annotations" / "panoptic_train2017.json"),
-            "--stage1-opts", "OUTPUT_DIR", str(out / "s1"), "SOLVER.MAX_ITER", "3",
-            "DATASETS.TRAIN", "('user_coco_train',)",
-            "--stage2-opts", "OUTPUT_DIR", str(out / "s2"), "SOLVER.MAX_ITER", "3",
-            "SOLVER.CHECKPOINT_PERIOD", "1", "--", *TINY, *extra]
+    # stage 1 trains on a by-paths registration of the COCO-format data (a user's dataset)
+    registration = ("user_coco_train", str(coco / "train2017"), str(coco / "panoptic_train2017"),
+                    str(coco / "annotations" / "panoptic_train2017.json"))
+    setup_logger(name="sfnet_d2.pipeline")  # as the command sets it up: INFO lines are logged
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DETECTRON2_DATASETS", str(data_root))
         mp.setenv("OMP_NUM_THREADS", "1")
-        results = train_panoptic_pipeline.main(argv)
+        results = run_panoptic_pipeline(
+            os.path.join(ROOT, DEMO_COCO),
+            os.path.join(ROOT, "configs/demo/knet_sfnet_STDC1_demo_cityscapes.yaml"),
+            opts=[*TINY, *extra], registrations=[registration],
+            stage1_opts=["OUTPUT_DIR", str(out / "s1"), "SOLVER.MAX_ITER", "3",
+                         "DATASETS.TRAIN", "('user_coco_train',)"],
+            stage2_opts=["OUTPUT_DIR", str(out / "s2"), "SOLVER.MAX_ITER", "3",
+                         "SOLVER.CHECKPOINT_PERIOD", "1"])
     logs = {name: (out / name / "log.txt").read_text() for name in ("s1", "s2")}
     return results, (out / "s2" / "pipeline_log.txt").read_text(), logs
 
@@ -164,6 +171,7 @@ def pipeline_run(data_root, tmp_path_factory):
     return (out,) + _pipeline(data_root, out)
 
 
+@pytest.mark.slow
 def test_pipeline_runs_both_stages_and_transfers_by_class_name(pipeline_run):
     out, (results1, results2), log, _ = pipeline_run
     assert "Copied the rows of 3 classes: person <- person, car <- car, road <- road" in log
@@ -187,6 +195,7 @@ def test_pipeline_runs_both_stages_and_transfers_by_class_name(pipeline_run):
     assert re.search(r"Stage 2 \(sfnet_demo_cityscapes_fine_panoptic_val\): PQ [\d.]+.*mIoU", log)
 
 
+@pytest.mark.slow
 def test_pipeline_skips_finished_and_resumes_unfinished_stages(pipeline_run, data_root):
     out = pipeline_run[0]
     (out / "s2" / "pipeline_stage_done.json").unlink()
@@ -199,17 +208,20 @@ def test_pipeline_skips_finished_and_resumes_unfinished_stages(pipeline_run, dat
     assert (out / "s2" / "pipeline_stage_done.json").is_file()
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_the_stage_result(pipeline_run, data_root, tmp_path):
-    import train_net
+    from detectron2.engine import default_argument_parser
+
+    from sfnet_d2.engine import train_or_evaluate
 
     out = pipeline_run[0]
     done = json.loads((out / "s2" / "pipeline_stage_done.json").read_text())
     register_cityscapes_panoptic("sfnet_demo_cityscapes_fine_panoptic_val",
                                  str(data_root / "sfnet_demo_cityscapes"), "val")
-    args = train_net.default_argument_parser().parse_args(
+    args = default_argument_parser().parse_args(
         ["--config-file", os.path.join(ROOT, "configs/demo/knet_sfnet_STDC1_demo_cityscapes.yaml"),
          "--eval-only", "MODEL.WEIGHTS", str(out / "s2" / "model_final.pth"),
          "OUTPUT_DIR", str(tmp_path), *TINY])
-    results = train_net.main(args)
+    results = train_or_evaluate(args)
     assert results["panoptic_seg"]["PQ"] == pytest.approx(done["results"]["panoptic_seg"]["PQ"])
     assert results["sem_seg"]["mIoU"] == pytest.approx(done["results"]["sem_seg"]["mIoU"])

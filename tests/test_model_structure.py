@@ -159,6 +159,7 @@ def test_lite_head_rejects_wrong_number_of_levels():
                              ["MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res2", "res5"]]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,official_gflops", [
     ("sfnet_R18.yaml", 61.01), ("sfnet_lite_R18.yaml", 44.71), ("sfnet_STDC1.yaml", 15.00),
     ("sfnet_STDC2.yaml", 21.61), ("sfnet_lite_STDC1.yaml", 18.70), ("sfnet_lite_STDC2.yaml", 25.31),

@@ -117,6 +117,7 @@ def test_layouts_of_released_files(layout, tmp_path):
     assert set(read) == set(official) and all(torch.equal(read[k], official[k]) for k in official)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_checkpoint_detectron2_loads_and_evaluates_identically(tmp_path):
     official = fake_official_state_dict("DeepR18_SF_deeply")
     src, dst = tmp_path / "sfnet_r18.pth", tmp_path / "converted.pth"
@@ -138,6 +139,7 @@ def test_cli_writes_a_checkpoint_detectron2_loads_and_evaluates_identically(tmp_
     assert proc.returncode == 1 and "--overwrite" in proc.stderr
 
 
+@pytest.mark.slow
 def test_wrong_arch_lists_the_problems_and_writes_nothing(tmp_path):
     src, dst = tmp_path / "lite.pth", tmp_path / "out.pth"
     torch.save(fake_official_state_dict("DeepR18_SFV2_deeply_dsn_FA_Atten"), src)
@@ -221,6 +223,7 @@ def test_converted_model_computes_the_official_forward(factory, version):
     assert (ours - ref).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_eval_only_with_a_converted_checkpoint(demo_root, tmp_path):
     """train_net.py --eval-only MODEL.WEIGHTS converted.pth: loads with no missing/unexpected
     keys and evaluates (on the demo data, with the SFNet-Lite R18 demo config)."""

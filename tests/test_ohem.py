@@ -4,6 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from helpers import count_kthvalue_calls, reference_ohem_cross_entropy, reference_ohem_keep_mask
 from sfnet_d2.modeling.heads.losses import ohem_cross_entropy, ohem_keep_mask
 
 
@@ -57,31 +58,8 @@ def test_all_ignored_gives_zero_loss_with_gradient_path():
 
 
 # ------------------------------------------------ against the previous implementation
-# The implementation before the count-first threshold (sfnet_d2/modeling/heads/losses.py at commit
-# 83c13e3): always a kthvalue over all pixels, ignored ones at p = 1. Kept here as the reference
-# the faster one must match bit for bit.
-@torch.no_grad()
-def _reference_keep_mask(logits, targets, ignore_index, thresh, min_kept):
-    valid = targets != ignore_index
-    num_valid = int(valid.sum())
-    if num_valid == 0 or min_kept <= 0 or min_kept > num_valid:
-        return valid
-    prob = F.softmax(logits.float(), dim=1)
-    gt = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
-    gt_prob = prob.gather(1, gt).squeeze(1)
-    gt_prob = torch.where(valid, gt_prob, torch.ones_like(gt_prob))
-    kth = torch.kthvalue(gt_prob.flatten(), min_kept).values
-    return valid & (gt_prob <= torch.clamp(kth, min=thresh))
-
-
-def _reference_ohem_cross_entropy(logits, targets, ignore_index=255, thresh=0.7, min_kept=100000):
-    keep = _reference_keep_mask(logits, targets, ignore_index, thresh, min_kept)
-    mined = torch.where(keep, targets, torch.full_like(targets, ignore_index))
-    if not keep.any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, mined, ignore_index=ignore_index, reduction="mean")
-
-
+# reference_ohem_keep_mask / reference_ohem_cross_entropy (helpers.py): the implementation before
+# the count-first threshold, which the faster one must match bit for bit.
 @torch.no_grad()
 def _official_sort_keep_mask(logits, targets, ignore_index, thresh, min_kept):
     """The official rule read literally (argsort of all p, ignored p = 1, the value at position
@@ -113,18 +91,6 @@ def _targets(seed, shape, num_classes, ignore_frac, ignore_index=255):
     return t
 
 
-def _count_kthvalue_calls(monkeypatch):
-    calls = []
-    real = torch.kthvalue
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "kthvalue", counting)
-    return calls
-
-
 # (thresh, min_kept): the count path (enough p <= thresh), the selection path (p_(min_kept) >
 # thresh), min_kept = 1, = the valid count, > the valid count, 0 and negative (plain CE).
 _CASES = [(0.7, 50), (0.7, 600), (0.05, 300), (0.2, 1), (0.3, -1), (0.7, 0),
@@ -133,14 +99,14 @@ _CASES = [(0.7, 50), (0.7, 600), (0.05, 300), (0.2, 1), (0.3, -1), (0.7, 0),
 
 def _assert_same_as_reference(logits, targets, thresh, min_kept, ignore_index=255):
     keep = ohem_keep_mask(logits, targets, ignore_index, thresh, min_kept)
-    assert torch.equal(keep, _reference_keep_mask(logits, targets, ignore_index, thresh,
+    assert torch.equal(keep, reference_ohem_keep_mask(logits, targets, ignore_index, thresh,
                                                   min_kept))
     assert torch.equal(keep, _official_sort_keep_mask(logits, targets, ignore_index, thresh,
                                                       min_kept))
     x_new = logits.clone().requires_grad_()
     x_ref = logits.clone().requires_grad_()
     new = ohem_cross_entropy(x_new, targets, ignore_index, thresh, min_kept)
-    ref = _reference_ohem_cross_entropy(x_ref, targets, ignore_index, thresh, min_kept)
+    ref = reference_ohem_cross_entropy(x_ref, targets, ignore_index, thresh, min_kept)
     new.backward()
     ref.backward()
     assert torch.equal(new, ref), (float(new), float(ref))
@@ -178,7 +144,7 @@ def test_same_as_reference_all_ignored_and_nan():
     with_nan[0, :, 3, 4:9] = float("nan")  # NaN p: never <= a threshold, sorted last
     for thresh, min_kept in [(0.7, 50), (0.05, 300), (0.0, 500)]:
         keep = ohem_keep_mask(with_nan, targets, 255, thresh, min_kept)
-        assert torch.equal(keep, _reference_keep_mask(with_nan, targets, 255, thresh, min_kept))
+        assert torch.equal(keep, reference_ohem_keep_mask(with_nan, targets, 255, thresh, min_kept))
 
 
 def test_threshold_compared_in_float32_at_its_neighbours():
@@ -192,7 +158,7 @@ def test_threshold_compared_in_float32_at_its_neighbours():
     gt_prob = F.softmax(logits.float(), dim=1)[0, 0, 0]
     for min_kept in (1, 2, 3, 4, 5):
         keep = ohem_keep_mask(logits, targets, 255, thresh=0.7, min_kept=min_kept)
-        assert torch.equal(keep, _reference_keep_mask(logits, targets, 255, 0.7, min_kept))
+        assert torch.equal(keep, reference_ohem_keep_mask(logits, targets, 255, 0.7, min_kept))
         kth = gt_prob.sort().values[min_kept - 1]
         expected = gt_prob <= torch.maximum(kth, p32)
         assert keep.view(-1).tolist() == expected.tolist()
@@ -203,12 +169,12 @@ def test_threshold_compared_in_float32_at_its_neighbours():
     assert thresh < float(q) and float(torch.tensor(thresh, dtype=torch.float32)) == float(q)
     for min_kept in (1, 2):
         keep = ohem_keep_mask(logits, targets, 255, thresh=thresh, min_kept=min_kept)
-        assert torch.equal(keep, _reference_keep_mask(logits, targets, 255, thresh, min_kept))
+        assert torch.equal(keep, reference_ohem_keep_mask(logits, targets, 255, thresh, min_kept))
         assert bool(keep[0, 0, 3])
 
 
 def test_selection_only_when_the_count_is_not_enough(monkeypatch):
-    calls = _count_kthvalue_calls(monkeypatch)
+    calls = count_kthvalue_calls(monkeypatch)
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 19, 32, 32, generator=g) * 0.1  # every p near 1/19, far below 0.7
     targets = _targets(3, (2, 32, 32), 19, ignore_frac=0.1)
@@ -216,4 +182,4 @@ def test_selection_only_when_the_count_is_not_enough(monkeypatch):
     assert calls == [] and torch.equal(keep, targets != 255)
     keep = ohem_keep_mask(logits, targets, 255, thresh=0.01, min_kept=1000)
     assert calls == [1] and int(keep.sum()) >= 1000
-    assert torch.equal(keep, _reference_keep_mask(logits, targets, 255, 0.01, 1000))
+    assert torch.equal(keep, reference_ohem_keep_mask(logits, targets, 255, 0.01, 1000))

@@ -164,6 +164,7 @@ def _logits(model, image, **extra):
         return model([dict(image=image, **extra)])[0]["sem_seg"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,kwargs", [
     ("sfnet_R18.yaml", {}),  # the defaults: channels-last, trace + freeze, fp32
     ("sfnet_lite_R18.yaml", {}),

@@ -39,6 +39,7 @@ def _learning_rates(out_dir):
     return rates
 
 
+@pytest.mark.slow
 def test_following_the_non_finite_loss_advice_resumes_with_the_new_learning_rate(demo_root,
                                                                                  tmp_path):
     out = str(tmp_path)
@@ -66,12 +67,14 @@ def test_following_the_non_finite_loss_advice_resumes_with_the_new_learning_rate
     assert rates[5] == pytest.approx(new_lr * (1 - 5 / 6) ** power, rel=1e-6), rates
 
 
+@pytest.mark.slow
 def test_eval_only_without_weights_names_model_weights(demo_root, tmp_path):
     code, log = _run(demo_root, ["--eval-only", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path)])
     assert code != 0
     assert "MODEL.WEIGHTS is empty" in log and "MODEL.WEIGHTS random" in log, log[-3000:]
 
 
+@pytest.mark.slow
 def test_eval_only_with_random_weights_on_purpose_is_allowed_and_logged(demo_root, tmp_path):
     code, log = _run(demo_root, ["--eval-only", "MODEL.WEIGHTS", "random", "OUTPUT_DIR",
                                  str(tmp_path)])

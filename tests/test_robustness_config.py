@@ -49,6 +49,7 @@ def test_class_count_and_ignore_value_against_the_dataset(demo_datasets):
         check_config(cfg)
 
 
+@pytest.mark.slow
 def test_train_net_reports_the_config_fault_before_reading_data(tmp_path):
     # the dataset root does not exist: had data been read first, the error would be about it
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "nowhere"))

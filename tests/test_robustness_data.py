@@ -95,6 +95,7 @@ def _train(root, out, *opts):
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_net_strict_and_skipping(broken_demo, tmp_path):
     root, _, bad_image, _ = broken_demo
     proc = _train(root, tmp_path / "strict")

@@ -280,6 +280,7 @@ def cityscapes_copy(dotted_root, tmp_path):
     register_all_datasets(dotted_root)
 
 
+@pytest.mark.slow
 def test_missing_train_ids_name_the_file_and_the_command(cityscapes_copy):
     val = _cityscapes_pairs(cityscapes_copy, "val")
     label = val[0][1]
@@ -300,6 +301,7 @@ def test_missing_train_ids_name_the_file_and_the_command(cityscapes_copy):
     assert len(DatasetCatalog.get("cityscapes_fine_panoptic_val")) == len(val)
 
 
+@pytest.mark.slow
 def test_train_ids_made_by_the_advised_command_from_polygons(tmp_path):
     """A Cityscapes tree as downloaded (no labelTrainIds at all): the error's command, run in a
     shell, writes them and the split loads."""

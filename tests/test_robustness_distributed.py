@@ -10,6 +10,9 @@ import pytest
 
 from helpers import ROOT
 
+# every test runs train_net.py or a script in several processes
+pytestmark = pytest.mark.slow
+
 TRAIN_NET = os.path.join(ROOT, "projects", "SFNet", "train_net.py")
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "sfnet_lite_R18_demo.yaml")
 

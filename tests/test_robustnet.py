@@ -425,6 +425,7 @@ def test_compute_isw_masks_on_demo_data(demo_datasets):
         assert not (m.sensitive_mask & ~f).any()  # the second round only removes elements
 
 
+@pytest.mark.slow
 def test_trainer_runs_the_isw_statistics_once_and_starts_the_loss(demo_datasets, tmp_path):
     from sfnet_d2.engine import Trainer, build_config
 

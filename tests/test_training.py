@@ -16,6 +16,7 @@ TRAIN_NET = os.path.join(ROOT, "projects", "SFNet", "train_net.py")
 DEMO_CONFIG = "configs/demo/sfnet_lite_R18_demo.yaml"
 
 
+@pytest.mark.slow
 def test_a_few_iterations_lower_the_loss(demo_datasets):
     torch.manual_seed(0)
     cfg = make_cfg(DEMO_CONFIG, ["INPUT.SFNET.CROP_SIZE", [96, 96],
@@ -64,6 +65,7 @@ def trained_run(demo_root, tmp_path_factory):
     return out, log
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_and_evaluates(trained_run):
     out, log = trained_run
     assert os.path.isfile(out / "model_final.pth") and os.path.isfile(out / "model_0000002.pth")
@@ -74,6 +76,7 @@ def test_training_writes_checkpoints_and_evaluates(trained_run):
     assert 0.0 <= results["IoU"] <= 100.0
 
 
+@pytest.mark.slow
 def test_checkpoints_are_tensor_only_and_keep_the_scheduler(trained_run):
     out, _ = trained_run
     ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
@@ -87,6 +90,7 @@ def test_checkpoints_are_tensor_only_and_keep_the_scheduler(trained_run):
     assert "sem_seg_head.neck.align_module.flow_make.weight" in ckpt["model"]
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_the_final_evaluation(trained_run, demo_root, tmp_path):
     out, train_log = trained_run
     log = _run_train_net(demo_root, tmp_path, "--eval-only", "MODEL.WEIGHTS",
@@ -98,6 +102,7 @@ def test_eval_only_reproduces_the_final_evaluation(trained_run, demo_root, tmp_p
     assert {"mIoU", "fwIoU", "mACC", "pACC"} <= set(results) and 0 <= results["mIoU"] <= 100
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_right_iteration(trained_run, demo_root, tmp_path):
     out, _ = trained_run
     resumed = tmp_path / "resumed"
@@ -112,6 +117,7 @@ def test_resume_continues_at_the_right_iteration(trained_run, demo_root, tmp_pat
     assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 6
 
 
+@pytest.mark.slow
 def test_two_process_cpu_training(demo_root, tmp_path):
     # SyncBN as in the Cityscapes configs: on CPU it becomes naiveSyncBN, synced over gloo
     log = _run_train_net(demo_root, tmp_path, "SOLVER.MAX_ITER", "3", "MODEL.RESNETS.NORM",

@@ -1,6 +1,6 @@
 """One SGD training step of the SFNet-Lite-R18 config (random init, a small batch, forward, OHEM
 + deep supervision losses, backward, update) with the OHEM before the count-first threshold
-(``_reference_ohem_cross_entropy`` in test_ohem.py) and with today's: same losses, gradients and
+(``reference_ohem_cross_entropy`` in helpers.py) and with today's: same losses, gradients and
 updated weights. Both mining paths run: at random init every p is near 1/19, below 0.7 (the count
 decides); with OHEM_THRESH 0.02 the min_kept-th smallest p sets the threshold (kthvalue)."""
 import copy
@@ -9,8 +9,7 @@ import os
 import pytest
 import torch
 from detectron2.modeling import build_model
-from helpers import ROOT
-from test_ohem import _count_kthvalue_calls, _reference_ohem_cross_entropy
+from helpers import ROOT, count_kthvalue_calls, reference_ohem_cross_entropy
 
 import sfnet_d2.modeling.heads.sem_seg_head as sem_seg_head
 from sfnet_d2.engine import build_config
@@ -57,13 +56,13 @@ def test_training_step_matches_reference_ohem(monkeypatch, thresh, deep_supervis
     reference_model = copy.deepcopy(model)
     batch = _batch()
 
-    calls = _count_kthvalue_calls(monkeypatch)
+    calls = count_kthvalue_calls(monkeypatch)
     losses, grads, weights = _step(model, batch)
     num_heads = 2 if deep_supervision else 1
     assert len(calls) == (num_heads if selects else 0)
     assert len(losses) == num_heads
 
-    monkeypatch.setattr(sem_seg_head, "ohem_cross_entropy", _reference_ohem_cross_entropy)
+    monkeypatch.setattr(sem_seg_head, "ohem_cross_entropy", reference_ohem_cross_entropy)
     ref_losses, ref_grads, ref_weights = _step(reference_model, batch)
 
     assert losses.keys() == ref_losses.keys()
