@@ -173,9 +173,19 @@ def test_stated_parameter_counts_are_read():
     assert sum(stated_parameter_count(c) is not None for c in MODEL_CONFIGS) >= 14
 
 
-@pytest.mark.parametrize("paths", DISTINCT_MODELS,
-                         ids=[p[0] + (f"+{len(p) - 1}" if len(p) > 1 else "") for p in
-                              DISTINCT_MODELS])
+def _case(paths):
+    """One parameter of test_config_builds_its_model; models on a ResNet-50/101 (30-50 M
+    parameters, about 1-2 s each to build) are slow, the quick loop builds the rest."""
+    try:
+        cfg = load_config(paths[0])
+        large = ("resnet" in cfg.MODEL.BACKBONE.NAME and cfg.MODEL.RESNETS.DEPTH >= 50)
+    except Exception:  # noqa: BLE001  (reported by the case)
+        large = False
+    return pytest.param(paths, id=paths[0] + (f"+{len(paths) - 1}" if len(paths) > 1 else ""),
+                        marks=[pytest.mark.slow] if large else [])
+
+
+@pytest.mark.parametrize("paths", [_case(p) for p in DISTINCT_MODELS])
 def test_config_builds_its_model(paths):
     cfg = load_config(paths[0])
     torch.manual_seed(0)

@@ -86,6 +86,7 @@ def _spin(seconds):
         pass
 
 
+@pytest.mark.slow
 def test_other_process_load_sees_a_busy_child():
     load = OtherProcessLoad()
     child = mp.get_context("fork").Process(target=_spin, args=(1.0,))

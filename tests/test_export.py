@@ -196,6 +196,7 @@ def _check_static_onnx_graph(path, num_warps):
     assert out_dims == [1, 19, HEIGHT, WIDTH]
 
 
+@pytest.mark.slow
 def test_size_not_multiple_of_32_is_padded_like_the_model(demo_images, tmp_path):
     torch.manual_seed(1)
     model = _randomize_norms(build_model(make_cfg(CONFIGS["sfnet_lite_R18"])).eval(), seed=1)
@@ -229,6 +230,7 @@ def test_flow_warp_alone_exports_with_nonzero_flow(tmp_path):
 
 # --- errors ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_errors_name_the_problem(tmp_path, demo_images):
     model = build_model(make_cfg(CONFIGS["sfnet_lite_R18"])).eval()
     part = build_network_part(model, HEIGHT, WIDTH)

@@ -82,6 +82,7 @@ def _run_and_replay(tmp_path, config, opts, num):
     return cfg, out
 
 
+@pytest.mark.slow
 def test_semantic_crops_with_their_labels(demo_datasets, tmp_path):
     train, _ = demo_datasets
     opts = ["DATASETS.TRAIN", f"('{train}',)", *SMALL]
@@ -114,6 +115,7 @@ def test_semantic_crops_with_their_labels(demo_datasets, tmp_path):
     assert min(unchanged) > 0.95, unchanged
 
 
+@pytest.mark.slow
 def test_panoptic_crops_with_their_segments(coco_panoptic, tmp_path):
     opts = ["DATASETS.TRAIN", f"('{coco_panoptic}',)", "DATASETS.TEST", f"('{coco_panoptic}',)",
             *SMALL, *KNET_SIZE]
@@ -150,6 +152,7 @@ def test_panoptic_crops_with_their_segments(coco_panoptic, tmp_path):
     assert unchanged.mean() > 0.7, unchanged.mean()
 
 
+@pytest.mark.slow
 def test_annotation_source_and_errors(demo_datasets, tmp_path):
     train, _ = demo_datasets
     opts = ["DATASETS.TRAIN", f"('{train}',)", *SMALL]
