@@ -2,7 +2,8 @@
 and no __init__.py, so pytest's default "prepend" import mode puts tests/ first on the import
 path). Fixtures live in conftest.py.
 
-* paths and configs: ``ROOT``, ``make_cfg`` (a CPU config with plain BN), ``load_config`` (a
+* paths and configs: ``ROOT``, ``run_command`` (a command of projects/SFNet in a subprocess),
+  ``make_cfg`` (a CPU config with plain BN), ``load_config`` (a
   YAML file through the library's ``build_config``, cached);
 * config headers and the model zoo table: ``config_header``, ``model_zoo_rows``,
   ``model_zoo_text``;
@@ -17,6 +18,8 @@ import functools
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -29,6 +32,15 @@ from sfnet_d2.data.datasets.label_mapping import load_label_mapping
 from sfnet_d2.engine import build_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_command(name, *args, env=None, timeout=600):
+    """Run ``projects/SFNet/<name>.py *args`` in a subprocess from the repository root (the
+    commands are scripts, tested by running them); returns the CompletedProcess, output as text.
+    An expected error exits with status 1 after one "<name>.py: error: ..." line on stderr."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "projects", "SFNet", name + ".py"),
+                           *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # ---------------------------------------------------------------- configs

@@ -1,20 +1,20 @@
 """projects/SFNet/visualize_data.py (sfnet_d2/visualization/training_data.py): the pictures are the
 training stream's crops with the labels of the same crops drawn on them, for both tasks."""
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
 from detectron2.data import MetadataCatalog
+from helpers import ROOT, run_command
 from PIL import Image
 from scipy import ndimage
 
 from sfnet_d2.data import ensure_demo_panoptic, register_coco_panoptic_by_paths
 from sfnet_d2.engine import build_config
-from sfnet_d2.visualization.training_data import iter_training_pictures, panoptic_from_instances
+from sfnet_d2.visualization.training_data import (iter_training_pictures, panoptic_from_instances,
+                                                  visualize_training_data)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEMANTIC_CONFIG = os.path.join(ROOT, "configs", "demo", "sfnet_lite_R18_demo.yaml")
 KNET_CONFIG = os.path.join(ROOT, "configs", "demo", "knet_sfnet_STDC1_demo_coco.yaml")
 SMALL = ["DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SEED", "3"]
@@ -26,21 +26,19 @@ KNET_SIZE = ["INPUT.KNET.AUGMENTATION", "ms", "INPUT.MIN_SIZE_TRAIN", "(192,)",
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _command(name):
-    """A command of projects/SFNet (scripts, not a package), imported from its file."""
-    spec = importlib.util.spec_from_file_location(
-        f"sfnet_command_{name}", os.path.join(ROOT, "projects", "SFNet", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-visualize_data = _command("visualize_data")
+def _run(data_root, *args):
+    """``projects/SFNet/visualize_data.py *args`` with $DETECTRON2_DATASETS = ``data_root`` (where
+    the command finds the demo datasets: ``sfnet_demo_*``), which must succeed."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), OMP_NUM_THREADS="1")
+    proc = run_command("visualize_data", *args, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
 
 @pytest.fixture(scope="module")
 def coco_panoptic(tmp_path_factory):
-    """The demo COCO-panoptic data (4 train scenes of 96x192) registered as a test dataset."""
+    """The demo COCO-panoptic data (4 train scenes of 96x192) registered as a test dataset, from
+    the same files as the command's ``sfnet_demo_coco_panoptic_train``; returns (the
+    $DETECTRON2_DATASETS root for the command, the test dataset's name)."""
     root = tmp_path_factory.mktemp("visualize_data")
     coco = root / "sfnet_demo_coco_panoptic"
     ensure_demo_panoptic(str(coco), str(root / "sfnet_demo_cityscapes"), num_train=4, num_val=1,
@@ -48,7 +46,7 @@ def coco_panoptic(tmp_path_factory):
     register_coco_panoptic_by_paths("test_visualize_data_coco_train", str(coco / "train2017"),
                                     str(coco / "panoptic_train2017"),
                                     str(coco / "annotations" / "panoptic_train2017.json"))
-    return "test_visualize_data_coco_train"
+    return root, "test_visualize_data_coco_train"
 
 
 def _interior(mask, pixels=2):
@@ -62,17 +60,19 @@ def _shows(picture, image, color, tol=2.0):
     return np.abs(picture - expected).max(axis=-1) <= tol
 
 
-def _run_and_replay(tmp_path, config, opts, num):
-    """The command's pictures, and the same stream replayed in this process: (path, picture,
-    sample image as RGB float, sample) per picture. The replay must draw the same pictures (the
-    stream is seeded by SEED), so its samples are the ones the command drew."""
-    paths = visualize_data.main(["--config-file", config, "--output", str(tmp_path / "cmd"),
-                                 "--num-images", str(num), *opts])
-    assert len(paths) == num and sorted(os.listdir(tmp_path / "cmd")) == sorted(
-        os.path.basename(p) for p in paths)
+def _run_and_replay(tmp_path, config, data_root, command_opts, opts, num):
+    """The command's pictures (its demo datasets under ``data_root``, ``command_opts``), and the
+    same stream replayed in this process (the test datasets of the same files, ``opts``): (path,
+    picture, sample image as RGB float, sample) per picture. The replay must draw the same
+    pictures (the stream is seeded by SEED), so its samples are the ones the command drew."""
+    _run(data_root, "--config-file", config, "--output", tmp_path / "cmd", "--num-images", num,
+         *command_opts)
+    names = sorted(os.listdir(tmp_path / "cmd"))  # iter{iteration}_{index}_{image}: in order
+    assert len(names) == num
+    paths = [str(tmp_path / "cmd" / name) for name in names]
     cfg = build_config(config, opts)
     replay = list(iter_training_pictures(cfg, str(tmp_path / "replay"), num))
-    assert [os.path.basename(p) for p, _ in replay] == [os.path.basename(p) for p in paths]
+    assert [os.path.basename(p) for p, _ in replay] == names
     out = []
     for path, (replayed, sample) in zip(paths, replay):
         picture = np.asarray(Image.open(path))
@@ -83,10 +83,12 @@ def _run_and_replay(tmp_path, config, opts, num):
 
 
 @pytest.mark.slow
-def test_semantic_crops_with_their_labels(demo_datasets, tmp_path):
+def test_semantic_crops_with_their_labels(demo_root, demo_datasets, tmp_path):
     train, _ = demo_datasets
     opts = ["DATASETS.TRAIN", f"('{train}',)", *SMALL]
-    cfg, pictures = _run_and_replay(tmp_path, SEMANTIC_CONFIG, opts, 3)
+    command_opts = ["DATASETS.TRAIN", "('sfnet_demo_cityscapes_fine_sem_seg_train',)", *SMALL]
+    cfg, pictures = _run_and_replay(tmp_path, SEMANTIC_CONFIG, os.path.dirname(demo_root),
+                                    command_opts, opts, 3)
     # two batches of two: iteration and index in the names
     assert [os.path.basename(p)[:12] for p, *_ in pictures] == [
         "iter000000_0", "iter000000_0", "iter000001_0"]
@@ -117,10 +119,13 @@ def test_semantic_crops_with_their_labels(demo_datasets, tmp_path):
 
 @pytest.mark.slow
 def test_panoptic_crops_with_their_segments(coco_panoptic, tmp_path):
-    opts = ["DATASETS.TRAIN", f"('{coco_panoptic}',)", "DATASETS.TEST", f"('{coco_panoptic}',)",
-            *SMALL, *KNET_SIZE]
-    _, pictures = _run_and_replay(tmp_path, KNET_CONFIG, opts, 3)
-    metadata = MetadataCatalog.get(coco_panoptic)
+    data_root, name = coco_panoptic
+    opts = ["DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)", *SMALL, *KNET_SIZE]
+    demo = "sfnet_demo_coco_panoptic_train"
+    command_opts = ["DATASETS.TRAIN", f"('{demo}',)", "DATASETS.TEST", f"('{demo}',)", *SMALL,
+                    *KNET_SIZE]
+    _, pictures = _run_and_replay(tmp_path, KNET_CONFIG, data_root, command_opts, opts, 3)
+    metadata = MetadataCatalog.get(name)
     stuff_colors = {tuple(c) for c in metadata.stuff_colors}
     own, other, drawn, unchanged = [], [], [], []
     for path, picture, image, sample in pictures:
@@ -153,21 +158,23 @@ def test_panoptic_crops_with_their_segments(coco_panoptic, tmp_path):
 
 
 @pytest.mark.slow
-def test_annotation_source_and_errors(demo_datasets, tmp_path):
+def test_annotation_source_and_errors(demo_root, demo_datasets, tmp_path):
     train, _ = demo_datasets
-    opts = ["DATASETS.TRAIN", f"('{train}',)", *SMALL]
-    paths = visualize_data.main(["--config-file", SEMANTIC_CONFIG, "--output", str(tmp_path / "a"),
-                                 "--num-images", "2", "--source", "annotation", *opts])
-    assert [os.path.basename(p)[:7] for p in paths] == ["000000_", "000001_"]
-    for path in paths:  # the image as it is on disk: 128 x 256
-        assert np.asarray(Image.open(path)).shape == (128, 256, 3)
+    _run(os.path.dirname(demo_root), "--config-file", SEMANTIC_CONFIG, "--output", tmp_path / "a",
+         "--num-images", "2", "--source", "annotation", "DATASETS.TRAIN",
+         "('sfnet_demo_cityscapes_fine_sem_seg_train',)", *SMALL)
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert [name[:7] for name in names] == ["000000_", "000001_"]
+    for name in names:  # the image as it is on disk: 128 x 256
+        assert np.asarray(Image.open(tmp_path / "a" / name)).shape == (128, 256, 3)
+    # what visualize_data.py runs, on the test dataset of the same files
+    cfg = build_config(SEMANTIC_CONFIG, ["DATASETS.TRAIN", f"('{train}',)", *SMALL])
     afile = tmp_path / "file.png"
     afile.write_bytes(b"")
     with pytest.raises(NotADirectoryError, match="file.png"):
-        visualize_data.main(["--config-file", SEMANTIC_CONFIG, "--output", str(afile), *opts])
+        visualize_training_data(cfg, str(afile))
     with pytest.raises(ValueError, match="--num-images 0"):
-        visualize_data.main(["--config-file", SEMANTIC_CONFIG, "--output", str(tmp_path / "b"),
-                             "--num-images", "0", *opts])
+        visualize_training_data(cfg, str(tmp_path / "b"), 0)
 
 
 def test_panoptic_targets_become_one_segment_map():
