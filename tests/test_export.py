@@ -1,7 +1,6 @@
 """The network part (sfnet_d2/deployment/network_part.py: padding rule, pre-processing, one part
 per meta-architecture) and TorchScript / ONNX export: exported logits equal the PyTorch model's,
 the graph is static."""
-import importlib.util
 import json
 import os
 from collections import Counter
@@ -11,7 +10,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ROOT, make_cfg
+from helpers import ROOT, make_cfg, run_command
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from torch import nn
@@ -34,6 +33,7 @@ from sfnet_d2.deployment import (
     load_images_for_export,
     verify_export,
 )
+from sfnet_d2.deployment.export_job import export_file_path
 from sfnet_d2.modeling.alignment.flow_alignment import flow_warp
 
 HEIGHT, WIDTH = 64, 128
@@ -247,35 +247,30 @@ def test_errors_name_the_problem(tmp_path, demo_images):
         list_images(str(tmp_path / "nope.png"))
 
 
-def _command(name):
-    """A command of projects/SFNet (scripts, not a package), imported from its file."""
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ROOT, "projects", "SFNet", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_export_command(demo_root, tmp_path):
-    export_model = _command("export_model")
-
     out = tmp_path / "export"
-    rc = export_model.main([
-        "--config-file", os.path.join(os.path.dirname(__file__), "..", CONFIGS["sfnet_lite_R18"]),
-        "--format", "onnx", "--height", "64", "--width", "128", "--output", str(out),
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = run_command(
+        "export_model", "--config-file", os.path.join(ROOT, CONFIGS["sfnet_lite_R18"]),
+        "--format", "onnx", "--height", "64", "--width", "128", "--output", out,
         "--verify-images", os.path.join(demo_root, "leftImg8bit", "val", "valcity"),
         "--num-verify-images", "1",
         "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "MODEL.WEIGHTS", "random",
-    ])
-    assert rc == 0
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "MODEL.WEIGHTS", "random", env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert sorted(os.listdir(out)) == ["model.json", "model.onnx"]
     info = json.loads((out / "model.json").read_text())
     assert info["input"]["shape"] == [1, 3, 64, 128] and info["outputs"] == ["sem_seg"]
     assert info["onnx_opset"] == 17
+    # a second export to the same folder is refused before the model is built, naming the flag
     with pytest.raises(FileExistsError, match="--overwrite"):
-        export_model.main(["--config-file", CONFIGS["sfnet_lite_R18"], "--format", "onnx",
-                           "--height", "64", "--width", "128", "--output", str(out)])
+        export_file_path(str(out), "onnx")  # what export_model.py checks first
+    proc = run_command("export_model", "--config-file", CONFIGS["sfnet_lite_R18"], "--format",
+                       "onnx", "--height", "64", "--width", "128", "--output", out, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"export_model.py: error: {out / 'model.onnx'} exists; pass --overwrite to replace it")
 
 
 # --- the panoptic model's network part -------------------------------------------------------
