@@ -60,7 +60,9 @@ def test_train_net_reports_the_config_fault_before_reading_data(tmp_path):
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0
-    assert "ConfigConsistencyError" in proc.stderr and "IN_FEATURES" in proc.stderr
+    # one message, no traceback (sfnet_d2.engine.command_line): the config check names the key
+    assert "train_net.py: error: " in proc.stderr and "IN_FEATURES" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert "does not exist" not in proc.stderr
 
 
