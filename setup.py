@@ -2,7 +2,7 @@
 """sfnet-d2: SFNet / SFNet-Lite semantic segmentation as a detectron2 extension.
 
 torch, torchvision and detectron2 are not listed: detectron2 is not on PyPI under its own name;
-dev/install.sh installs all three (see README "Installation").
+dev/install.sh installs all three (see INSTALL.md).
 """
 from pathlib import Path
 

@@ -148,6 +148,6 @@ class SFNetLiteHead(_SFNetSemSegHeadBase):
     """SFNet-Lite (v2) head: one GD-FAM between the finest level and the PPM, plus the middle
     level (official ``UperNetAlignHeadV2``). Deep supervision (off by default, like the official
     forward, which builds a ``dsn`` head but never calls it) puts one DSN head on the GD-FAM
-    output - our choice, documented in README."""
+    output - our choice, documented in docs/FIDELITY.md."""
 
     NECK_NAME = "SFNetLiteDecoder"
