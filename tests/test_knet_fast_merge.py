@@ -2,7 +2,8 @@
 replaced, kept here verbatim as the reference: resize every mask to the output, argmax over all
 kernels, count areas, visit kernels by score. Panoptic maps, segments (ids, labels, isthing,
 scores, kernels) and semantic scores must be IDENTICAL (torch.equal, ==), on random, structured,
-quantised (ties), empty, all-stuff, all-thing, padded, resized inputs and the tiny model."""
+quantised (ties), empty, all-stuff, all-thing, padded, resized inputs and the tiny model.
+``python tests/test_knet_fast_merge.py`` times both at 1024x2048 (docs/BENCHMARK.md)."""
 import numpy as np
 import pytest
 import torch
@@ -377,3 +378,96 @@ def test_tiny_model_outputs_are_identical(threads):
         assert_identical(g["panoptic_seg"], e["panoptic_seg"])
         assert torch.equal(g["sem_seg"], e["sem_seg"])
     assert any(len(g["panoptic_seg"][1]) for g in got)
+
+
+# --- timing: python tests/test_knet_fast_merge.py [--rounds 5] [--threads 2] -----------------
+
+def _benchmark_inputs(kind, num_proposals=100, num_stuff=11, num_things=8, size=(1024, 2048)):
+    """Stride-8 mask logits and class logits of a Cityscapes K-Net (100 + 11 kernels): 'scene'
+    (scene_probs as logits, 15 confident things, K-Net's 0.01 prior elsewhere), 'iid' noise, or
+    'model': K-Net SF-R18 (configs/cityscapes/panoptic/knet_sfnet_R18.yaml, random weights as
+    docs/BENCHMARK.md times it) on a random image."""
+    gen = torch.Generator().manual_seed(0)
+    k, c, (h, w) = num_proposals + num_stuff, num_things + num_stuff, size
+    if kind == "model":
+        from detectron2.modeling import build_model
+
+        from helpers import make_cfg
+
+        torch.manual_seed(0)
+        cfg = make_cfg("configs/cityscapes/panoptic/knet_sfnet_R18.yaml", ["MODEL.WEIGHTS", ""])
+        model = build_model(cfg).eval()
+        image = torch.randint(0, 255, (1, 3, h, w), generator=gen).float()
+        _, stages = model.forward_head((image - model.pixel_mean) / model.pixel_std)
+        return stages[-1][1], stages[-1][0][0]
+    if kind == "iid":
+        return (torch.randn(1, k, h // 8, w // 8, generator=gen) * 4,
+                torch.randn(k, c, generator=gen) * 2)
+    probs = scene_probs(num_proposals, num_stuff, h // 8, w // 8, gen)
+    cls = torch.full((k, c), -4.6)
+    confident = torch.randperm(num_proposals, generator=gen)[:15]
+    cls[confident, torch.randint(0, num_things, (15,), generator=gen)] = 2.0
+    cls[torch.arange(num_proposals, k), torch.arange(num_things, c)] = 0.5 + torch.randn(
+        num_stuff, generator=gen).abs()
+    return torch.logit(probs.clamp(1e-6, 1 - 1e-6))[None], cls
+
+
+def _postprocess(logits8, cls, impl, semantic, num_proposals=100, num_things=8):
+    """SFNetKNet.inference from the last stage's outputs: x2 upsampling, sigmoid, scores (all
+    implementations), then the old dense or the new tiled resize + merge."""
+    size = tuple(s * 8 for s in logits8.shape[-2:])
+    logits = F.interpolate(logits8, scale_factor=2, mode="bilinear", align_corners=False)
+    scores, labels = kernel_scores_and_labels(cls, num_proposals, num_things)
+    low = logits[0:1].sigmoid()[0]
+    classes = cls.shape[1] if semantic else None
+    if impl == "new":
+        return merge_kernels(scores, labels, KernelMasks(low, size, size, size), num_things,
+                             num_classes=classes)
+    if impl == "old":
+        probs = reference_resize(low, size, size, size)
+        pan, segments = reference_panoptic_merge(scores, labels, probs, num_things)
+        return pan, segments, classes and reference_semantic(scores, labels, probs, classes)
+    return None  # "shared": the part both run
+
+
+def _benchmark(rounds, threads, kinds):
+    import statistics
+    import time
+
+    torch.set_num_threads(threads)
+    print(f"torch {torch.__version__}, {threads} threads, median of {rounds} rounds (+1 warm-up)")
+    with torch.inference_mode():
+        for kind in kinds:
+            logits8, cls = _benchmark_inputs(kind)
+            for semantic in (False, True):
+                times = {"old": [], "new": [], "shared": []}
+                for r in range(rounds + 1):
+                    out = {}
+                    for impl in times:  # interleaved: machine load hits all alike
+                        cpu, wall = time.process_time(), time.perf_counter()
+                        out[impl] = _postprocess(logits8, cls, impl, semantic)
+                        if r:
+                            times[impl].append((time.process_time() - cpu,
+                                                time.perf_counter() - wall))
+                    differing = int((out["old"][0] != out["new"][0]).sum())
+                    assert out["old"][1] == out["new"][1]
+                    assert not semantic or torch.equal(out["old"][2], out["new"][2])
+                med = {i: [statistics.median(t[j] for t in v) for j in (0, 1)]
+                       for i, v in times.items()}
+                print(f"{kind:5s} sem_seg={'on ' if semantic else 'off'} "
+                      f"segments={len(out['new'][1]):2d} differing pixels={differing} | " +
+                      " | ".join(f"{i} cpu {c:.3f} s wall {w:.3f} s" for i, (c, w) in med.items())
+                      + f" | old/new cpu {med['old'][0] / med['new'][0]:.1f}x"
+                      + f" wall {med['old'][1] / med['new'][1]:.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Old (dense) vs new (tiled) K-Net "
+                                     "post-processing at 1024x2048, 100 + 11 kernels")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--inputs", nargs="+", default=["scene", "iid", "model"])
+    args = parser.parse_args()
+    _benchmark(args.rounds, args.threads, args.inputs)

@@ -32,9 +32,13 @@ to 1024x2048 and merging them took 3-3.5 s. The output is cut into 64x64 tiles i
   its own inputs and weights alone; ``_crop_resize`` keeps the call in that kernel (see there);
   other resizes (to an output size) are computed for the remaining kernels on the whole image;
 * own-mask areas, needed only for kernels that pass the score test and can own pixels: tiles
-  entirely above or below ``mask_thr`` are counted from the bounds, the others exactly.
+  entirely above or below ``mask_thr`` are counted from the bounds, the others exactly;
+* the tiles' small ops run single-threaded, the tiles spread over Python threads (see
+  :func:`_one_thread`).
 
-The result is identical to the dense merge (tests/test_knet_fast_merge.py keeps it as reference).
+The result is identical to the dense merge (tests/test_knet_fast_merge.py keeps it as reference),
+which still runs on other devices (CUDA) and for inputs the tiles do not support (see
+:meth:`KernelMasks.tiled_merge_supported`).
 """
 import concurrent.futures
 import contextlib
