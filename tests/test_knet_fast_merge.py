@@ -310,6 +310,22 @@ def test_probabilities_given_at_the_output_size():
                      reference_panoptic_merge(scores, labels, probs, 5))
 
 
+def test_inputs_that_require_grad(threads):
+    # a model called without no_grad: the tile threads must not write into an autograd graph
+    gen = torch.Generator().manual_seed(13)
+    low = scene_probs(20, 6, 40, 56, gen).requires_grad_()
+    scores = knet_scores(20, 6, gen).requires_grad_()
+    labels = torch.cat([torch.randint(0, 3, (20,), generator=gen), torch.arange(6) + 3])
+    with torch.no_grad():
+        probs = reference_resize(low, (160, 224), (160, 224), (160, 224))
+        expected = reference_panoptic_merge(scores, labels, probs, 3)
+        expected_sem = reference_semantic(scores, labels, probs, 9)
+    pan, segments, sem = merge_kernels(scores, labels, KernelMasks(low, (160, 224)), 3,
+                                       num_classes=9)
+    assert_identical((pan, segments), expected)
+    assert torch.equal(sem, expected_sem) and not sem.requires_grad  # (computed without graph)
+
+
 @pytest.mark.parametrize("case", ["three_kernels", "small_output", "float16", "negative"])
 def test_unsupported_inputs_take_the_dense_merge(case):
     gen = torch.Generator().manual_seed(11)

@@ -244,8 +244,10 @@ def merge_kernels(scores: torch.Tensor, labels: torch.Tensor, masks: KernelMasks
         sem = None if num_classes is None else semantic_from_kernels(scores, labels, probs,
                                                                      num_classes)
         return pan, segments, sem
-    return _TiledMerge(scores, labels, masks, num_thing_classes, instance_score_thr, mask_thr,
-                       num_classes).run(overlap_thr)
+    # outputs of post-processing: no autograd graph, which the tile threads would write into
+    with torch.no_grad():
+        return _TiledMerge(scores, labels, masks, num_thing_classes, instance_score_thr,
+                           mask_thr, num_classes).run(overlap_thr)
 
 
 @contextlib.contextmanager
