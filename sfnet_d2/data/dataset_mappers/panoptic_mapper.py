@@ -41,6 +41,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 from PIL import Image
 
+from sfnet_d2.data.dataset_mappers.semantic_mapper import read_image_checked
 from sfnet_d2.data.transforms import RandomScale
 from sfnet_d2.data.build import DATASET_MAPPER_REGISTRY
 
@@ -166,10 +167,7 @@ class KNetPanopticDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        try:
-            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: unreadable, truncated, not an image
-            raise OSError(f"Cannot read image file {dataset_dict['file_name']}: {e}") from e
+        image = read_image_checked(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         pan_rgb = None
         if self.is_train:

@@ -22,6 +22,15 @@ from sfnet_d2.data.build import DATASET_MAPPER_REGISTRY
 __all__ = ["SFNetSemanticDatasetMapper", "read_and_check_label"]
 
 
+def read_image_checked(file_name: str, image_format: str) -> np.ndarray:
+    """detectron2's ``read_image``, with an error that names the file when PIL cannot read it
+    (unreadable, truncated, not an image): the training stream reports or skips it by name."""
+    try:
+        return utils.read_image(file_name, format=image_format)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise OSError(f"Cannot read image file {file_name}: {e}") from e
+
+
 def read_and_check_label(label_file: str, image_file: str, image_hw, num_classes: int,
                          ignore_label: int, validate: bool = True) -> np.ndarray:
     """Read a label PNG as an (H, W) array (its stored integer dtype) and validate it."""
@@ -119,10 +128,7 @@ class SFNetSemanticDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        try:
-            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: unreadable, truncated, not an image
-            raise OSError(f"Cannot read image file {dataset_dict['file_name']}: {e}") from e
+        image = read_image_checked(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         label_file = dataset_dict.pop("sem_seg_file_name", None)
         label = None
