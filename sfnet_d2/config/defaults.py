@@ -13,6 +13,7 @@ MIT``
 ``DATALOADER.SFNET``   class-uniform sampling, coarse boosting, bad-sample policy
 ``SOLVER.SFNET``       schedules counted in epochs
 ``SOLVER.OPTIMIZER``   the optimizer of every model (``sfnet_d2/solver/build.py``)
+``SOLVER.CPU``         the CPU training step's speed-ups; also ``SOLVER.AMP.PRECISION``
 ``TEST.SFNET``         evaluation protocol (whole / sliding window, scales, flip) and evaluator
 ``DEPLOY``             runtime settings of the optimised inference path (not architecture)
 =====================  ===================================================================
@@ -181,6 +182,23 @@ def _add_solver(cfg):
     # K-Net's neck, kernel head and stages (SegFormer: 10, its paramwise 'head' lr_mult).
     cfg.SOLVER.OPTIMIZER.HEAD_MULTIPLIER = 1.0
 
+    # Mixed precision with SOLVER.AMP.ENABLED True (sfnet_d2/engine/train_step.py,
+    # docs/TRAINING.md): the autocast dtype. "auto" = float16 on CUDA (detectron2's AMPTrainer,
+    # with a GradScaler) and bfloat16 on CPU (CPUs with native bf16 only; an error elsewhere);
+    # "float16" or "bfloat16" force one (bfloat16 needs no GradScaler; float16 on CPU is refused).
+    # detectron2 v0.6 has no such key; its later releases add one (default "float16").
+    cfg.SOLVER.AMP.PRECISION = "auto"
+    # Speed of the training step on CPU (sfnet_d2/engine/train_step.py, docs/BENCHMARK.md,
+    # "Training step"). Both change how, not what, is computed: same loss to float rounding.
+    cfg.SOLVER.CPU = CN()
+    # glibc, process-wide, during each training step: serve large blocks from a heap that keeps
+    # its memory between steps instead of fresh zero-filled pages (DEPLOY.KEEP_MEMORY's
+    # sfnet_d2/deployment/memory.py); the process keeps its peak step memory until it exits.
+    cfg.SOLVER.CPU.KEEP_MEMORY = True
+    # Train in channels-last (NHWC) memory layout, oneDNN's native layout: the model's weights
+    # (and so its activations and gradients) are converted once when the trainer is built.
+    cfg.SOLVER.CPU.CHANNELS_LAST = True
+
 
 def _add_test(cfg):
     """``TEST.SFNET``: the inference protocol of evaluations (Trainer.test: --eval-only and
@@ -241,3 +259,7 @@ def _add_deploy(cfg):
     # (sfnet_d2/deployment/memory.py); the process then holds the peak working set of its
     # largest call until it exits.
     cfg.DEPLOY.KEEP_MEMORY = True
+    # Lower the peak activation memory of semantic SFNet models without changing the result
+    # (sfnet_d2/deployment/activation_memory.py): the deep stem runs in horizontal bands and the
+    # fuse convolution reads the decoder's parts one at a time instead of their concatenation.
+    cfg.DEPLOY.LOW_MEMORY = True

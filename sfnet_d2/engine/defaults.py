@@ -2,8 +2,8 @@
 What every command starts from, as detectron2's ``engine/defaults.py`` is for detectron2's tools:
 
 * ``build_config(config_file, opts)``: the frozen config with every SFNet key, errors naming the
-  file or the override, and the CPU fallbacks (SyncBN -> naiveSyncBN, AMP off, device cpu) that
-  let every config run on a machine without CUDA;
+  file or the override, and the CPU fallbacks (SyncBN -> naiveSyncBN, device cpu) that let
+  every config run on a machine without CUDA (SOLVER.AMP on CPU: bfloat16, train_step.py);
 * ``setup(args)``: ``build_config`` + the config checks + detectron2's ``default_setup``
   (output folder, logs, config.yaml, seeds) for ``train_net.py``-style arguments;
 * ``train_or_evaluate(args)`` / ``launch_train_or_evaluate(args)``: what
@@ -54,9 +54,9 @@ def build_config(config_file: str, opts=()):
                 node.NORM = "naiveSyncBN" if node.NORM == "SyncBN" else node.NORM
             logger.warning("No CUDA: using naiveSyncBN instead of SyncBN (same statistics over "
                            "processes)")
-        if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer needs CUDA
-            cfg.SOLVER.AMP.ENABLED = False
-            logger.warning("No CUDA: SOLVER.AMP.ENABLED turned off (fp32)")
+        # SOLVER.AMP.ENABLED stays as set: on CPU it means bfloat16 autocast where the CPU has
+        # native bf16, and a training run is refused with an error naming the key elsewhere
+        # (sfnet_d2/engine/train_step.py; evaluation ignores the key).
     cfg.freeze()
     return cfg
 

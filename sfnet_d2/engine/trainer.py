@@ -10,19 +10,25 @@ no branch on the task. Each piece comes from the room that owns it and is chosen
   training stream registered as the checkpointable "data_stream", so ``--resume`` continues the
   exact sample sequence;
 * guards and hooks: the non-finite loss stop, per-step seeding, the skipped-samples report and,
-  for RobustNet ISW, the whitening-mask statistics.
+  for RobustNet ISW, the whitening-mask statistics;
+* the training step: ``sfnet_d2.engine.train_step`` (fp32 CPU speed-ups ``SOLVER.CPU.*``, mixed
+  precision ``SOLVER.AMP.*``: detectron2's AMPTrainer on CUDA, bfloat16 autocast on CPU).
 """
 import logging
 import warnings
 import weakref
 
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from sfnet_d2.data import build_test_loader, build_train_loader
 from sfnet_d2.engine.checkpoint import SFNetCheckpointer
 from sfnet_d2.engine.guards import install_nonfinite_loss_guard
 from sfnet_d2.engine.hooks import SkippedSamplesReport, StepSeedHook
+from sfnet_d2.engine.train_step import (build_train_step, prepare_model_for_training,
+                                        train_step_options)
 from sfnet_d2.evaluation import build_evaluator
 from sfnet_d2.modeling.test_time_augmentation import wrap_with_inference_protocol
 from sfnet_d2.solver import build_lr_scheduler, build_optimizer
@@ -34,6 +40,27 @@ logger = logging.getLogger("sfnet_d2")
 
 class Trainer(DefaultTrainer):
     """See the module docstring."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ of detectron2 v0.6, step by step, except for the step object
+        # (self._trainer), which it hard-codes as AMPTrainer / SimpleTrainer: ours comes from
+        # train_step.build_train_step, and the model gets its training layout before the
+        # optimizer and DDP see its parameters. The checkpointer is made in build_hooks.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        options = train_step_options(cfg)  # SOLVER.AMP.* errors before any data is read
+        model = prepare_model_for_training(self.build_model(cfg), options)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = build_train_step(options, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_model(cls, cfg):

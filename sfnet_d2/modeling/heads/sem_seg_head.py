@@ -124,7 +124,9 @@ class _SFNetSemSegHeadBase(nn.Module):
 
         def ohem(x):
             # Official CriterionSFNet: upsample to the label size (align_corners=True), then OHEM.
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+            # Upsampled from NCHW (a no-op for an NCHW model): a channels-last model's full-size
+            # logits would otherwise be copied to NCHW by each softmax / cross-entropy.
+            x = F.interpolate(x.contiguous(), size=size, mode="bilinear", align_corners=True)
             return ohem_cross_entropy(x, targets, self.ignore_value, self.ohem_thresh,
                                       self.ohem_min_kept)
 
