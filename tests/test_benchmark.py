@@ -254,8 +254,9 @@ def test_run_benchmark_panoptic_model(demo_datasets):
     cost = analyze(make_cfg(KNET_DEMO), 64, 128)
     assert report["fvcore_gmacs"] == pytest.approx(cost.total / 1e9, rel=1e-12)
     assert report["parameters"] == cost.parameters
-    # the optimised copy only folds BatchNorm: the same panoptic segments
-    assert report["accuracy_vs_eager"]["optimized"]["max_abs_logit_deviation"] is None
+    # the optimised K-Net (optimized_panoptic.py): class and mask logits within 1e-4 of eager's,
+    # the same panoptic segments
+    assert report["accuracy_vs_eager"]["optimized"]["max_abs_logit_deviation"] < 1e-4
     assert report["accuracy_vs_eager"]["optimized"]["argmax_changed_fraction"] < 1e-3
 
 

@@ -48,7 +48,7 @@ from sfnet_d2.benchmark.timing import (
 )
 from sfnet_d2.deployment import (
     NETWORK_PARTS,
-    OptimizedSemanticSegmentor,
+    OptimizedInferenceModel,
     inference_options,
     network_part_of,
     normalize_and_pad,
@@ -119,8 +119,9 @@ class Mode:
 
 def network_of(model: torch.nn.Module):
     """The network part (normalised padded images -> raw outputs) that a mode times: the traced
-    network of the optimised semantic model, else ``network_part_of`` (None if there is none)."""
-    if isinstance(model, OptimizedSemanticSegmentor):
+    network of an optimised model (semantic or K-Net), else ``network_part_of`` (None if there
+    is none)."""
+    if isinstance(model, OptimizedInferenceModel):
         return model.network_forward
     if any(cls.__name__ in NETWORK_PARTS for cls in type(model).__mro__):
         return network_part_of(model)
@@ -168,12 +169,12 @@ def build_modes(cfg, model: torch.nn.Module, names,
             overrides["precision"] = name
         options = inference_options(cfg, **overrides)
         optimized = optimize_model(model, **options)
-        if isinstance(optimized, OptimizedSemanticSegmentor):
+        if isinstance(optimized, OptimizedInferenceModel):  # semantic or K-Net
             description = (f"BN folded, channels_last={options['channels_last']}, "
                            f"torchscript={options['torchscript']}, {options['precision']}")
         elif name in ("bf16", "fp16"):
-            skipped[name] = (f"reduced precision is implemented for SemanticSegmentor models only, "
-                             f"not {type(model).__name__}")
+            skipped[name] = (f"reduced precision is implemented for SemanticSegmentor and "
+                             f"SFNetKNet models only, not {type(model).__name__}")
             continue
         elif name == "optimized-eager":
             skipped[name] = f"same as 'optimized' for {type(model).__name__}"
@@ -193,7 +194,7 @@ def _isolate_eager(cfg, modes: List[Mode], tasks: Dict, device, net_input, image
     """
     keeps = {m.name for m in modes if m.keep_memory}
     if cfg.DEPLOY.KEEP_MEMORY:
-        keeps |= {m.name for m in modes if isinstance(m.model, OptimizedSemanticSegmentor)}
+        keeps |= {m.name for m in modes if isinstance(m.model, OptimizedInferenceModel)}
     if device.type != "cpu" or not keep_memory_supported() or not keeps:
         return None
     eager = next(m for m in modes if m.name == "eager")
@@ -233,14 +234,25 @@ def load_accuracy_images(dataset: str, count: int):
 
 def _prediction(model: torch.nn.Module, image: torch.Tensor):
     out = model([{"image": image}])[0]
-    if "sem_seg" in out:
-        return out["sem_seg"].float().cpu()
-    return out["panoptic_seg"][0].cpu()
+    if "panoptic_seg" in out:  # a panoptic model (also with its sem_seg output): segment ids
+        return out["panoptic_seg"][0].cpu()
+    return out["sem_seg"].float().cpu()
+
+
+def _raw_output_deviation(mode: Mode, eager: Mode, image: torch.Tensor) -> Optional[float]:
+    """max |output - eager output| over the raw outputs of the two network parts (K-Net: class
+    and mask logits) for ``image``; None when a mode has no network part."""
+    if mode.network is None or eager.network is None:
+        return None
+    images = network_input(eager.model, image)
+    got, ref = mode.network(images), eager.network(images)
+    return max(float((g.float() - r.float()).abs().max()) for g, r in zip(got, ref))
 
 
 def compare_with_eager(modes: List[Mode], images) -> Dict[str, Dict[str, float]]:
-    """Per mode: max |logit - eager logit| and the fraction of pixels whose argmax changes (for a
-    panoptic model without semantic output: the fraction whose segment id changes)."""
+    """Per mode: max |logit - eager logit| and the fraction of pixels whose argmax changes. For a
+    panoptic model: the largest deviation of its network's class and mask logits and the
+    fraction of pixels whose panoptic segment id changes."""
     eager = next(m for m in modes if m.name == "eager")
     out = {}
     with torch.inference_mode():
@@ -256,7 +268,8 @@ def compare_with_eager(modes: List[Mode], images) -> Dict[str, Dict[str, float]]
                     changed += int((got.argmax(0) != ref.argmax(0)).sum())
                     total += ref[0].numel()
                 else:  # (H, W) panoptic segment ids
-                    max_dev = None
+                    dev = _raw_output_deviation(mode, eager, image)
+                    max_dev = None if dev is None or max_dev is None else max(max_dev, dev)
                     changed += int((got != ref).sum())
                     total += ref.numel()
             out[mode.name] = {"max_abs_logit_deviation": max_dev,

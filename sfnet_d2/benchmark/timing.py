@@ -301,9 +301,10 @@ def bf16_support(device) -> Optional[str]:
 
 def end_to_end(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
     """uint8 (3, H, W) image -> (H, W) label map on the CPU through the full model: the argmax of
-    the semantic logits, or the panoptic segment map of a panoptic model."""
+    the semantic logits, or the panoptic segment map of a panoptic model (also when it outputs
+    ``sem_seg`` beside it, MODEL.KNET.TEST.SEMANTIC_ON)."""
     height, width = image.shape[-2:]
     out = model([{"image": image, "height": height, "width": width}])[0]
-    if "sem_seg" in out:
-        return out["sem_seg"].argmax(dim=0).cpu()
-    return out["panoptic_seg"][0].cpu()
+    if "panoptic_seg" in out:
+        return out["panoptic_seg"][0].cpu()
+    return out["sem_seg"].argmax(dim=0).cpu()

@@ -1,8 +1,8 @@
 """
 Deployment: the network part of a model (normalised, padded images in, raw outputs out; the one
 padding rule and pre-processing), the optimised inference path (BatchNorm folding, channels-last,
-gather warp, TorchScript, bf16, kept working memory) and export to TorchScript / ONNX with a check
-against PyTorch.
+gather warp, TorchScript, bf16, kept working memory; semantic models and K-Net) and export to
+TorchScript / ONNX with a check against PyTorch.
 User documentation: docs/BENCHMARK.md (optimised path), docs/EXPORT.md (export).
 """
 from sfnet_d2.deployment.network_part import (
@@ -20,12 +20,14 @@ from sfnet_d2.deployment.network_part import (
 from sfnet_d2.deployment.optimized_model import (
     PRECISIONS,
     TORCHSCRIPT_LEVELS,
+    OptimizedInferenceModel,
     OptimizedSemanticSegmentor,
     build_inference_model,
     inference_options,
     optimize_model,
     resize_logits,
 )
+from sfnet_d2.deployment.optimized_panoptic import OptimizedPanopticKNet, optimize_knet
 from sfnet_d2.deployment.optimize import (
     fold_batchnorm,
     strip_training_only_modules,

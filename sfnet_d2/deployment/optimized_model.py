@@ -24,6 +24,7 @@ with the same ``forward(batched_inputs) -> [{"sem_seg": logits}]`` contract as d
 Pre-processing is network_part.py's ``normalize_and_pad`` with the model's padding rule (the
 values of ``SemanticSegmentor``'s own), so in float32 the logits equal the plain model's up to
 float rounding (summation order inside fused kernels; tested within 1e-4).
+K-Net (``SFNetKNet``) gets the same path with its own post-processing: optimized_panoptic.py.
 For any other meta-architecture only the module rewrites are applied and its own forward is kept.
 """
 import copy
@@ -36,13 +37,16 @@ import torch.nn.functional as F
 from detectron2.modeling import SemanticSegmentor
 from torch import nn
 
+from sfnet_d2.deployment.activation_memory import reduce_activation_memory
 from sfnet_d2.deployment.memory import kept_memory
 from sfnet_d2.deployment.network_part import (
+    NetworkPart,
     SemanticNetworkPart,
     normalize_and_pad,
     padding_divisibility,
 )
 from sfnet_d2.deployment.static_pooling import replace_adaptive_avg_pooling
+from sfnet_d2.modeling.meta_arch.knet import SFNetKNet
 from sfnet_d2.modeling.meta_arch.semantic import SFNetSemanticSegmentor
 from sfnet_d2.deployment.optimize import (
     fold_batchnorm,
@@ -52,6 +56,7 @@ from sfnet_d2.deployment.optimize import (
 )
 
 __all__ = [
+    "OptimizedInferenceModel",
     "OptimizedSemanticSegmentor",
     "optimize_model",
     "inference_options",
@@ -68,16 +73,18 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 TORCHSCRIPT_LEVELS = ("none", "freeze", "optimize")
 
 
-class OptimizedSemanticSegmentor(nn.Module):
+class OptimizedInferenceModel(nn.Module):
     """
-    ``SemanticSegmentor`` for inference only: same inputs and outputs, faster network.
-    Build it with :func:`optimize_model` / :func:`build_inference_model`.
+    What every optimised inference model shares (the semantic one below, K-Net's in
+    optimized_panoptic.py): the ``DEPLOY.*`` options checked, the network part cast to the
+    precision and layout, traced and frozen once per input shape (:meth:`_run_network`),
+    inference-only. Subclasses define ``forward(batched_inputs)``.
     """
 
     def __init__(
         self,
         *,
-        network: SemanticNetworkPart,
+        network: NetworkPart,
         pixel_mean: torch.Tensor,
         pixel_std: torch.Tensor,
         size_divisibility: int,
@@ -118,7 +125,7 @@ class OptimizedSemanticSegmentor(nn.Module):
     def train(self, mode: bool = True):
         if mode:
             raise RuntimeError(
-                "OptimizedSemanticSegmentor is inference-only (BatchNorm is folded, deep "
+                f"{type(self).__name__} is inference-only (BatchNorm is folded, deep "
                 "supervision removed); train the model returned by detectron2's build_model"
             )
         return super().train(False)
@@ -143,12 +150,10 @@ class OptimizedSemanticSegmentor(nn.Module):
                 traced = torch.jit.optimize_for_inference(traced)
         return traced
 
-    def network_forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The network on normalised, padded float32 images (N, 3, H, W): float32 logits."""
-        with kept_memory(self.keep_memory and images.device.type == "cpu"):
-            return self._network_forward(images)
-
-    def _network_forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _run_network(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The network part's raw outputs (in the network's precision) for normalised, padded
+        float32 images: traced for this shape while fewer than max_compiled_sizes are, else
+        eager."""
         images = images.to(PRECISIONS[self.precision])
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -168,7 +173,19 @@ class OptimizedSemanticSegmentor(nn.Module):
                     )
                     self._warned_eager_fallback = True
                 net = self.network
-        return net(images)[0].float()
+        return net(images)
+
+
+class OptimizedSemanticSegmentor(OptimizedInferenceModel):
+    """
+    ``SemanticSegmentor`` for inference only: same inputs and outputs, faster network.
+    Build it with :func:`optimize_model` / :func:`build_inference_model`.
+    """
+
+    def network_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The network on normalised, padded float32 images (N, 3, H, W): float32 logits."""
+        with kept_memory(self.keep_memory and images.device.type == "cpu"):
+            return self._run_network(images)[0].float()
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         if self.training:
@@ -221,18 +238,30 @@ def optimize_model(
     precision: str = "fp32",
     max_compiled_sizes: int = 4,
     keep_memory: bool = True,
+    low_memory: bool = True,
 ) -> nn.Module:
     """
     The optimised inference copy of ``model`` (``model`` itself is not modified). A detectron2
-    ``SemanticSegmentor`` becomes an :class:`OptimizedSemanticSegmentor`; any other module gets
-    only the module rewrites (deep supervision and dropout removed, BatchNorm folded) and keeps
+    ``SemanticSegmentor`` becomes an :class:`OptimizedSemanticSegmentor`, an ``SFNetKNet`` an
+    ``OptimizedPanopticKNet`` (optimized_panoptic.py); any other module gets only the module
+    rewrites (deep supervision and dropout removed, BatchNorm folded) and keeps
     its own forward.
     """
+    if isinstance(model, SFNetKNet):  # optimized_panoptic.py (it imports this module)
+        from sfnet_d2.deployment.optimized_panoptic import optimize_knet
+
+        return optimize_knet(model, _rewrite_modules(model, "SFNetKNet"),
+                             channels_last=channels_last, torchscript=torchscript,
+                             precision=precision, max_compiled_sizes=max_compiled_sizes,
+                             keep_memory=keep_memory)
     # SFNetSemanticSegmentor only adds training losses: its inference is SemanticSegmentor's.
     if type(model) not in (SemanticSegmentor, SFNetSemanticSegmentor):
         return _rewrite_modules(model, type(model).__name__)
     model = _rewrite_modules(model, "SemanticSegmentor")
     network = SemanticNetworkPart(model)
+    if low_memory:
+        replaced = reduce_activation_memory(network)
+        logger.info(f"DEPLOY.LOW_MEMORY: banded / part-wise rewrites of {replaced}")
     if channels_last:
         # The gather warp reads channels-last rows and writes channels-last output; with NCHW
         # features it would add layout copies instead of removing them.
@@ -258,7 +287,7 @@ def inference_options(cfg, **overrides) -> Dict[str, object]:
     settings = cfg.DEPLOY
     options = dict(channels_last=settings.CHANNELS_LAST, torchscript=settings.TORCHSCRIPT,
                    precision=settings.PRECISION, max_compiled_sizes=settings.MAX_COMPILED_SIZES,
-                   keep_memory=settings.KEEP_MEMORY)
+                   keep_memory=settings.KEEP_MEMORY, low_memory=settings.LOW_MEMORY)
     unknown = set(overrides) - set(options)
     if unknown:
         raise TypeError(f"inference_options: unknown options {sorted(unknown)}; known: "
