@@ -11,9 +11,11 @@ classifier on top; the panoptic model feeds the same fused map to its kernel hea
   aligns the finest level with the PPM output in one step, and the 1/16 level is upsampled and
   concatenated: ``cat([GDFAM(lateral_0(x_fine), PPM(x_coarse)), up(lateral_1(x_mid))])``.
 
-``forward_features(features)`` returns a dict with ``"fused"`` (the fused map), ``"dsn"`` (the
-intermediate maps deep supervision attaches to, coarse to fine) and, when asked, ``"flows"``
-(the semantic flow of every flow-based alignment module, coarse to fine) for visualisation.
+``fusion_parts(features)`` gives the maps that the fused map concatenates, each at its own
+resolution, and ``forward_features(features)`` returns a dict with ``"fused"`` (the fused map),
+``"dsn"`` (the intermediate maps deep supervision attaches to, coarse to fine) and, when asked,
+``"flows"`` (the semantic flow of every flow-based alignment module, coarse to fine) for
+visualisation.
 
 Ablation variants of the paper (docs/ABLATIONS.md) are options of these two decoders, all off by
 default (the defaults build exactly the official modules, with the official state_dict keys):
@@ -176,6 +178,32 @@ class _SFNetNeck(nn.Module):
     def forward(self, features):
         return self.forward_features(features)["fused"]
 
+    def fusion_parts(self, features: Dict[str, torch.Tensor]):
+        """``(parts, dsn_inputs, flows)``: the maps the fused map concatenates, each at its own
+        resolution, finest first (the fused map is ``parts[0]`` and every other part upsampled
+        to its size, concatenated on channels); the deep-supervision inputs; the flows. Lets the
+        inference path convolve the parts one at a time instead of materialising the
+        concatenation (sfnet_d2/deployment/activation_memory.py)."""
+        raise NotImplementedError
+
+    def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
+        parts, dsn_inputs, flows = self.fusion_parts(features)
+        out = {"fused": concat_fusion_parts(parts), "dsn": dsn_inputs}
+        if return_flows:
+            out["flows"] = flows
+        return out
+
+
+def upsample_fusion_part(part: torch.Tensor, size) -> torch.Tensor:
+    """One coarse part of the fused map at the finest part's size (official bilinear,
+    align_corners=True)."""
+    return F.interpolate(part, size=size, mode="bilinear", align_corners=True)
+
+
+def concat_fusion_parts(parts: List[torch.Tensor]) -> torch.Tensor:
+    size = parts[0].shape[-2:]
+    return torch.cat([parts[0]] + [upsample_fusion_part(p, size) for p in parts[1:]], dim=1)
+
 
 @SFNET_NECK_REGISTRY.register()
 class SFNetDecoder(_SFNetNeck):
@@ -217,7 +245,7 @@ class SFNetDecoder(_SFNetNeck):
         self._out_channels = conv_dim * len(levels)
         self._out_stride = levels[0][1].stride
 
-    def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
+    def fusion_parts(self, features: Dict[str, torch.Tensor]):
         xs = [features[f] for f in self.in_features]
         ppm_out = self.context_module(xs[-1])
         f = ppm_out
@@ -230,17 +258,7 @@ class SFNetDecoder(_SFNetNeck):
                 flows.append(flow)
             pyramid.append(self.output_convs[i](f))
         pyramid.reverse()  # fine to coarse
-        size = pyramid[0].shape[-2:]
-        fused = torch.cat(
-            [pyramid[0]]
-            + [F.interpolate(p, size=size, mode="bilinear", align_corners=True)
-               for p in pyramid[1:] + [ppm_out]],
-            dim=1,
-        )
-        out = {"fused": fused, "dsn": dsn_inputs}
-        if return_flows:
-            out["flows"] = flows
-        return out
+        return pyramid + [ppm_out], dsn_inputs, flows
 
 
 @SFNET_NECK_REGISTRY.register()
@@ -276,14 +294,10 @@ class SFNetLiteDecoder(_SFNetNeck):
         self._out_channels = 2 * conv_dim
         self._out_stride = fine.stride
 
-    def forward_features(self, features: Dict[str, torch.Tensor], return_flows: bool = False):
+    def fusion_parts(self, features: Dict[str, torch.Tensor]):
         x_fine, x_mid, x_coarse = (features[f] for f in self.in_features)
         ppm_out = self.context_module(x_coarse)
         fine = self.lateral_convs[0](x_fine)
         mid = self.lateral_convs[1](x_mid)
         aligned, flow = merge_coarse_into_fine(self.align_kind, self.align_module, fine, ppm_out)
-        mid = F.interpolate(mid, size=aligned.shape[-2:], mode="bilinear", align_corners=True)
-        out = {"fused": torch.cat([aligned, mid], dim=1), "dsn": [aligned]}
-        if return_flows:
-            out["flows"] = [flow] if flow is not None else []
-        return out
+        return [aligned, mid], [aligned], [flow] if flow is not None else []
