@@ -14,6 +14,10 @@ FLOP bound, parameters (docs/BENCHMARK.md; the protocol is sfnet_d2/benchmark/ru
         --modes eager --threads 1 --warmup 1 --runs 2 --no-gemm \\
         MODEL.WEIGHTS "" MODEL.KNET.TEST.SEMANTIC_ON False
 
+    # the training step (forward + loss + backward + update) beside the plain eager step
+    python projects/SFNet/benchmark.py --train --config-file configs/demo/sfnet_lite_R18_demo.yaml \\
+        --batch-size 4 --crop 256 512 --runs 3 --warmup 1 --threads 2
+
 MODEL.WEIGHTS is read with the project's safe loader (no code runs from the file; another
 architecture's checkpoint is refused); empty = random weights, which time the same.
 """
@@ -57,6 +61,13 @@ def get_parser():
     parser.add_argument("--accuracy-dataset", default=defaults.accuracy_dataset)
     parser.add_argument("--accuracy-images", type=int, default=defaults.accuracy_images,
                         help="images compared against eager (0 = no comparison)")
+    train = parser.add_argument_group("--train: the training step (benchmark/training.py)")
+    train.add_argument("--train", action="store_true", help="time training steps instead; uses "
+                       "--runs/--warmup/--threads/--device/--output (suggested --runs 3)")
+    train.add_argument("--batch-size", type=int, default=0, help="0 = SOLVER.IMS_PER_BATCH")
+    train.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="training crop (default: the config's)")
+    train.add_argument("--train-dataset", default="", help="default: the task's demo data")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
 
@@ -71,8 +82,25 @@ def main(argv=None):
         gemm_size=0 if args.no_gemm else args.gemm_size, flops=not args.no_flops,
         accuracy_dataset=args.accuracy_dataset, accuracy_images=args.accuracy_images)
     cfg = build_config(args.config_file, args.opts)
+    if args.train:
+        return _train_main(args, cfg)
     report = run_benchmark(cfg, settings, config_file=args.config_file, opts=args.opts)
     print(format_report(report))
+    if args.output:
+        print(f"Wrote {write_report(report, args.output)}")
+    return report
+
+
+def _train_main(args, cfg):
+    from sfnet_d2.benchmark.training import (TrainBenchmarkSettings, format_training_report,
+                                             run_training_benchmark)
+
+    settings = TrainBenchmarkSettings(
+        batch_size=args.batch_size, crop=args.crop, dataset=args.train_dataset, runs=args.runs,
+        warmup=args.warmup, threads=args.threads, device=args.device)
+    report = run_training_benchmark(cfg, settings, config_file=args.config_file,
+                                    progress=logging.getLogger("sfnet_d2").info)
+    print(format_training_report(report))
     if args.output:
         print(f"Wrote {write_report(report, args.output)}")
     return report
