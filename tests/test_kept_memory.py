@@ -120,6 +120,63 @@ def test_scope_is_reentrant_and_restores_the_limit(monkeypatch):
     assert calls == []
 
 
+def test_paused_scope_maps_afresh_inside_kept_memory_only(monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(memory_module, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(memory_module, "_trim_threshold_raised", True)
+    with memory_module.kept_memory_paused():  # not inside kept memory: nothing to pause
+        pass
+    assert calls == []
+    with memory_module.kept_memory():
+        with memory_module.kept_memory_paused():
+            assert calls[-1] == (memory_module._M_MMAP_MAX, memory_module._GLIBC_DEFAULT_MMAP_MAX)
+        assert calls[-1] == (memory_module._M_MMAP_MAX, 0)  # kept again after the pause
+    assert calls == [
+        (memory_module._M_MMAP_MAX, 0),
+        (memory_module._M_MMAP_MAX, memory_module._GLIBC_DEFAULT_MMAP_MAX),
+        (memory_module._M_MMAP_MAX, 0),
+        (memory_module._M_MMAP_MAX, memory_module._GLIBC_DEFAULT_MMAP_MAX),
+    ]
+
+
+def test_optimized_model_traces_outside_the_kept_heap(monkeypatch):
+    from sfnet_d2.deployment import optimized_model as model_module
+
+    state = {"paused": False, "traced_paused": []}
+
+    class PausedSpy:
+        def __enter__(self):
+            state["paused"] = True
+
+        def __exit__(self, *exc):
+            state["paused"] = False
+            return False
+
+    original = model_module.OptimizedInferenceModel._compile
+
+    def compile_spy(self, images):
+        state["traced_paused"].append(state["paused"])
+        return original(self, images)
+
+    monkeypatch.setattr(model_module, "kept_memory_paused", PausedSpy)
+    monkeypatch.setattr(model_module.OptimizedInferenceModel, "_compile", compile_spy)
+    from detectron2.modeling import build_model
+
+    model = build_model(make_cfg("configs/cityscapes/semantic/sfnet_lite_R18.yaml")).eval()
+    optimized = optimize_model(model, torchscript="freeze")
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        optimized([{"image": image}])
+        optimized([{"image": image}])
+    assert state["traced_paused"] == [True]  # traced once, with the kept heap paused
+
+
 def test_optimized_model_uses_kept_memory_per_config(monkeypatch):
     entered = []
 

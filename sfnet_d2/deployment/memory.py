@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 
-__all__ = ["kept_memory", "release_kept_memory", "keep_memory_supported"]
+__all__ = ["kept_memory", "kept_memory_paused", "release_kept_memory", "keep_memory_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,26 @@ def kept_memory(enabled: bool = True):
             _depth -= 1
             if _depth == 0:
                 libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
+
+
+@contextlib.contextmanager
+def kept_memory_paused():
+    """Inside a :func:`kept_memory` body, run this body with glibc's default mmap limit again:
+    its large blocks are mapped afresh and unmapped on free, so memory it needs only once
+    (tracing a network holds more than a normal call) is handed back instead of staying in the
+    kept heap, where it would fragment it. Outside kept memory it does nothing."""
+    with _lock:
+        libc = _glibc() if _depth > 0 else None
+        paused = libc is not None
+        if paused:
+            libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
+    try:
+        yield
+    finally:
+        if paused:
+            with _lock:
+                if _depth > 0:
+                    libc.mallopt(_M_MMAP_MAX, 0)
 
 
 def release_kept_memory() -> bool:

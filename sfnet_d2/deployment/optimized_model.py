@@ -38,7 +38,7 @@ from detectron2.modeling import SemanticSegmentor
 from torch import nn
 
 from sfnet_d2.deployment.activation_memory import reduce_activation_memory
-from sfnet_d2.deployment.memory import kept_memory
+from sfnet_d2.deployment.memory import kept_memory, kept_memory_paused
 from sfnet_d2.deployment.network_part import (
     NetworkPart,
     SemanticNetworkPart,
@@ -163,7 +163,10 @@ class OptimizedInferenceModel(nn.Module):
             net = self._compiled.get(key)
             if net is None and len(self._compiled) < self.max_compiled_sizes:
                 logger.info(f"Tracing and freezing the network for input {tuple(images.shape)}")
-                net = self._compiled[key] = self._compile(images)
+                # Traced on freshly mapped memory: the tracer's run holds more than a normal
+                # call, and on the kept heap that would stay fragmented for good.
+                with kept_memory_paused():
+                    net = self._compiled[key] = self._compile(images)
             elif net is None:
                 if not self._warned_eager_fallback:
                     logger.warning(
