@@ -200,7 +200,7 @@ def test_run_benchmark_small(tmp_path, demo_datasets):
     settings = BenchmarkSettings(
         input_size=(64, 128), runs=1, warmup=1, threads=2,
         modes=("eager", "eager-kept-memory", "optimized", "fp16"), gemm_size=1024,
-        accuracy_dataset=demo_datasets[1], accuracy_images=1)
+        accuracy_dataset=demo_datasets[1], accuracy_images=1, process_peak_runs=1)
     cfg = make_cfg(CONFIGS + "sfnet_lite_R18.yaml")
     report = run_benchmark(cfg, settings, config_file="lite")
     out = tmp_path / "bench.json"
@@ -237,6 +237,17 @@ def test_run_benchmark_small(tmp_path, demo_datasets):
     e2e, net = results["optimized/end_to_end"], results["optimized/network"]
     assert (f"optimized: end to end {e2e['median_s']:.3f} s = network {net['median_s']:.3f} + "
             f"pre/post-processing {e2e['median_s'] - net['median_s']:.3f}") in format_report(report)
+    # whole-process peak memory: one fresh process per mode that ran (fp16 was skipped)
+    peaks = report["process_peak"]
+    assert set(peaks) == {"eager", "optimized"} | {m.split("/")[0] for m in kept}
+    for figures in peaks.values():
+        assert figures["runs"] == 1 and figures["warmup"] == 1
+        # the peak includes everything the process held after building its model, which
+        # includes the imported libraries (torch alone maps well over 100 MiB)
+        assert figures["peak_rss_gib"] >= figures["rss_after_build_gib"] > 0.1
+        assert figures["rss_after_build_gib"] >= figures["rss_after_import_gib"] * 0.99
+        assert figures["median_s"] > 0 and figures["median_cpu_s"] > 0
+    assert f"peak {peaks['optimized']['peak_rss_gib']:.3f} GiB" in format_report(report)
 
 
 @pytest.mark.slow
@@ -246,7 +257,8 @@ def test_run_benchmark_panoptic_model(demo_datasets):
 
     settings = BenchmarkSettings(input_size=(64, 128), runs=1, warmup=0, threads=1,
                                  modes=("eager", "optimized"), gemm_size=0,
-                                 accuracy_dataset=demo_datasets[1], accuracy_images=1)
+                                 accuracy_dataset=demo_datasets[1], accuracy_images=1,
+                                 process_peak_runs=0)
     report = run_benchmark(make_cfg(KNET_DEMO), settings)
     assert report["meta_architecture"] == "SFNetKNet"
     assert set(report["results"]) == {f"{m}/{p}" for m in ("eager", "optimized")
@@ -268,7 +280,8 @@ def _run_command(*args, timeout=600):
 
 BENCH_ARGS = ["projects/SFNet/benchmark.py", "--config-file", CONFIGS + "sfnet_lite_R18.yaml",
               "--input-size", "64", "128", "--runs", "1", "--warmup", "0", "--modes", "eager",
-              "--no-gemm", "--no-flops", "--accuracy-images", "0", "--threads", "1"]
+              "--no-gemm", "--no-flops", "--accuracy-images", "0", "--threads", "1",
+              "--process-peak-runs", "0"]
 BN = ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
 
 
@@ -349,3 +362,19 @@ def test_isolated_tasks_run_in_a_worker_and_report_its_cpu_time_and_memory():
         with pytest.raises(KeyError):
             isolated.task("missing")
         assert isolated.pid != os.getpid()
+
+
+def test_process_peak_settings_and_status_parsing(tmp_path, monkeypatch):
+    from sfnet_d2.benchmark import process_peak
+
+    with pytest.raises(ValueError, match="--process-peak-runs -1"):
+        BenchmarkSettings(process_peak_runs=-1).check()
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t 2097152 kB\nVmRSS:\t  524288 kB\nThreads:\t3\n")
+    monkeypatch.setattr(process_peak, "_STATUS_FILE", str(status))
+    assert process_peak.process_status_gib() == {"VmHWM": 2.0, "VmRSS": 0.5}
+    # no /proc: the measurement is skipped with the reason, not failed
+    monkeypatch.setattr(process_peak, "_STATUS_FILE", str(tmp_path / "missing"))
+    peaks, why = process_peak.measure_process_peaks(None, ["eager"], (8, 8), warmup=0, runs=1,
+                                                    threads=1)
+    assert peaks == {} and "not available" in why

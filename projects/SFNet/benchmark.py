@@ -61,6 +61,9 @@ def get_parser():
     parser.add_argument("--accuracy-dataset", default=defaults.accuracy_dataset)
     parser.add_argument("--accuracy-images", type=int, default=defaults.accuracy_images,
                         help="images compared against eager (0 = no comparison)")
+    parser.add_argument("--process-peak-runs", type=int, default=defaults.process_peak_runs,
+                        help="whole-process peak RSS: a fresh process per mode builds the model "
+                        "and runs --warmup + N images (0 = not measured)")
     train = parser.add_argument_group("--train: the training step (benchmark/training.py)")
     train.add_argument("--train", action="store_true", help="time training steps instead; uses "
                        "--runs/--warmup/--threads/--device/--output (suggested --runs 3)")
@@ -80,7 +83,8 @@ def main(argv=None):
         input_size=tuple(args.input_size), modes=tuple(args.modes), phases=tuple(args.phases),
         runs=args.runs, warmup=args.warmup, threads=args.threads, device=args.device,
         gemm_size=0 if args.no_gemm else args.gemm_size, flops=not args.no_flops,
-        accuracy_dataset=args.accuracy_dataset, accuracy_images=args.accuracy_images)
+        accuracy_dataset=args.accuracy_dataset, accuracy_images=args.accuracy_images,
+        process_peak_runs=args.process_peak_runs)
     cfg = build_config(args.config_file, args.opts)
     if args.train:
         return _train_main(args, cfg)

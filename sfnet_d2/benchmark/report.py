@@ -107,7 +107,22 @@ def format_report(report: Dict[str, object]) -> str:
                      f"{acc['pixels']} pixels")
     if report["accuracy_note"]:
         lines.append(f"accuracy data: {report['accuracy_note']}")
+    lines += _process_peak_lines(report)
     return "\n".join(lines)
+
+
+def _process_peak_lines(report: Dict[str, object]) -> list:
+    peaks = report.get("process_peak") or {}
+    lines = [f"whole-process peak RSS ({report.get('process_peak_note')})"]
+    for mode, p in peaks.items():
+        if "skipped" in p:
+            lines.append(f"  {mode:<16} skipped: {p['skipped']}")
+            continue
+        lines.append(
+            f"  {mode:<16} peak {p['peak_rss_gib']:.3f} GiB (after import "
+            f"{p['rss_after_import_gib']:.3f}, after build {p['rss_after_build_gib']:.3f}); "
+            f"end to end median {p['median_s']:.3f} s, CPU {p['median_cpu_s']:.3f} s")
+    return lines
 
 
 def write_report(report: Dict[str, object], path: str) -> str:

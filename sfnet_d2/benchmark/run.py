@@ -33,6 +33,7 @@ import torch
 
 from sfnet_d2.benchmark.flops import count_network_flops, count_parameters
 from sfnet_d2.benchmark.isolated_runs import IsolatedTasks
+from sfnet_d2.benchmark.process_peak import measure_process_peaks
 from sfnet_d2.benchmark.report import machine_info
 from sfnet_d2.benchmark.timing import (
     CLEAN_OTHER_CORES,
@@ -83,6 +84,9 @@ class BenchmarkSettings:
     flops: bool = True  # count the network part's FLOPs with fvcore
     accuracy_dataset: str = "sfnet_demo_cityscapes_fine_sem_seg_val"
     accuracy_images: int = 4  # images compared against eager (0 = no comparison)
+    # images run after ``warmup`` by the whole-process peak measurement (process_peak.py: a
+    # fresh process per mode; CPU, Linux); 0 = not measured
+    process_peak_runs: int = 5
 
     def check(self):
         unknown = [m for m in self.modes if m not in ALL_MODES]
@@ -96,6 +100,9 @@ class BenchmarkSettings:
         if self.runs < 1:
             raise ValueError(f"--runs {self.runs}: time at least 1 run (for FLOPs and "
                              "parameters alone use projects/SFNet/analyze_model.py)")
+        if self.process_peak_runs < 0:
+            raise ValueError(f"--process-peak-runs {self.process_peak_runs}: expected 0 (off) "
+                             "or more")
         if min(self.input_size) < 1:
             raise ValueError(f"--input-size {list(self.input_size)}: sizes must be positive")
 
@@ -335,6 +342,19 @@ def _add_ratios(results: Dict, gmacs: Optional[float], gemm_macs: Optional[int])
     return throughput, throughput_cpu
 
 
+def _process_peaks(cfg, settings: BenchmarkSettings, modes: List[Mode], device):
+    """Whole-process peak memory of each mode (process_peak.py), after the timed rounds."""
+    if settings.process_peak_runs == 0:
+        return {}, "not measured (--process-peak-runs 0)"
+    if device.type != "cpu":
+        return {}, ("CPU only; on CUDA the per-run peak is torch.cuda.max_memory_allocated")
+    peaks, why = measure_process_peaks(cfg, [m.name for m in modes], settings.input_size,
+                                       warmup=settings.warmup, runs=settings.process_peak_runs,
+                                       threads=settings.threads)
+    return peaks, why or (f"fresh process per mode: import, build, {settings.warmup} warm-up + "
+                          f"{settings.process_peak_runs} end-to-end images; VmHWM")
+
+
 def run_benchmark(cfg, settings: BenchmarkSettings = None, *, config_file: str = "",
                   opts: Sequence[str] = ()) -> Dict[str, object]:
     """
@@ -380,6 +400,7 @@ def run_benchmark(cfg, settings: BenchmarkSettings = None, *, config_file: str =
                              f"size, weights: {cfg.MODEL.WEIGHTS or 'random'}")
         else:
             logger.warning(f"Accuracy comparison skipped: {accuracy_note}")
+    process_peaks, process_peak_note = _process_peaks(cfg, settings, modes, device)
     return {
         "config": config_file,
         "opts": list(opts),
@@ -405,5 +426,8 @@ def run_benchmark(cfg, settings: BenchmarkSettings = None, *, config_file: str =
         "results": results,
         "accuracy_vs_eager": accuracy,
         "accuracy_note": accuracy_note,
+        # whole-process peak resident set per mode, each in a fresh process (process_peak.py)
+        "process_peak": process_peaks,
+        "process_peak_note": process_peak_note,
         "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
