@@ -61,6 +61,8 @@ class OptimizedPanopticKNet(OptimizedInferenceModel):
         ``(cls_logits (N, K, C), mask_logits (N, K, H/8, W/8))`` of the last stage."""
         with kept_memory(self.keep_memory and images.device.type == "cpu"):
             cls_logits, mask_logits = self._run_network(images)
+            # contiguous (NCHW) masks: with channels-last ones the merge would take its dense
+            # fallback (inference.py, KernelMasks.tiled_merge_supported)
             return cls_logits.float(), mask_logits.float().contiguous()
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
