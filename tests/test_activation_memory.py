@@ -189,3 +189,24 @@ def test_optimized_model_low_memory_switch(low_memory):
         expected = model([{"image": image}])[0]["sem_seg"]
         got = optimized([{"image": image}])[0]["sem_seg"]
     assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_knet_gets_the_banded_stem_and_the_same_panoptic_result():
+    torch.manual_seed(0)
+    cfg = make_cfg("configs/coco/panoptic/knet_sfnet_R18.yaml", [
+        "MODEL.KNET.NUM_PROPOSALS", 6, "MODEL.KNET.FEAT_CHANNELS", 32, "MODEL.KNET.NUM_HEADS", 4,
+        "MODEL.KNET.FFN_CHANNELS", 64, "MODEL.KNET.NUM_STAGES", 2,
+        "MODEL.KNET.STAGE_LOSS_WEIGHTS", [1.0, 1.0], "DATASETS.TEST", ()])
+    model = _randomize_norms(build_model(cfg)).eval()
+    low = optimize_model(model, torchscript="none", low_memory=True)
+    plain = optimize_model(model, torchscript="none", low_memory=False)
+    assert isinstance(low.network.model.backbone.stem, BandedConvChain)
+    assert isinstance(plain.network.model.backbone.stem, DeepStem)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(4))
+    images = image[None].float()
+    with torch.no_grad():
+        got = low.network(images)
+        expected = plain.network(images)
+    for g, e in zip(got, expected):
+        assert (g - e).abs().max().item() < 1e-4

@@ -253,7 +253,11 @@ def optimize_model(
     if isinstance(model, SFNetKNet):  # optimized_panoptic.py (it imports this module)
         from sfnet_d2.deployment.optimized_panoptic import optimize_knet
 
-        return optimize_knet(model, _rewrite_modules(model, "SFNetKNet"),
+        rewritten = _rewrite_modules(model, "SFNetKNet")
+        if low_memory:  # the banded stem (K-Net has no fuse convolution to split)
+            replaced = reduce_activation_memory(rewritten)
+            logger.info(f"DEPLOY.LOW_MEMORY: banded / part-wise rewrites of {replaced}")
+        return optimize_knet(model, rewritten,
                              channels_last=channels_last, torchscript=torchscript,
                              precision=precision, max_compiled_sizes=max_compiled_sizes,
                              keep_memory=keep_memory)
