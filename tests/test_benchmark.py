@@ -378,3 +378,20 @@ def test_process_peak_settings_and_status_parsing(tmp_path, monkeypatch):
     peaks, why = process_peak.measure_process_peaks(None, ["eager"], (8, 8), warmup=0, runs=1,
                                                     threads=1)
     assert peaks == {} and "not available" in why
+
+
+@pytest.mark.slow
+def test_beside_config_is_timed_in_the_same_rounds():
+    settings = BenchmarkSettings(input_size=(64, 128), runs=1, warmup=0, threads=1,
+                                 modes=("eager", "optimized"), gemm_size=0, flops=False,
+                                 accuracy_images=0, process_peak_runs=0,
+                                 beside_config=CONFIGS + "sfnet_lite_R18.yaml")
+    report = run_benchmark(make_cfg(CONFIGS + "sfnet_R18.yaml"), settings)
+    results = report["results"]
+    assert {"sfnet_lite_R18:optimized/network", "sfnet_lite_R18:optimized/end_to_end"} <= set(results)
+    assert results["sfnet_lite_R18:optimized/network"]["speedup_vs_eager"] is None
+    ratio = report["vs_beside"]["optimized/end_to_end"]
+    mine, other = results["optimized/end_to_end"], results["sfnet_lite_R18:optimized/end_to_end"]
+    assert ratio["wall"] == pytest.approx(mine["median_s"] / other["median_s"])
+    assert ratio["cpu"] == pytest.approx(mine["median_cpu_s"] / other["median_cpu_s"])
+    assert f"{ratio['wall']:.2f}x wall" in format_report(report)

@@ -14,6 +14,10 @@ FLOP bound, parameters (docs/BENCHMARK.md; the protocol is sfnet_d2/benchmark/ru
         --modes eager --threads 1 --warmup 1 --runs 2 --no-gemm \\
         MODEL.WEIGHTS "" MODEL.KNET.TEST.SEMANTIC_ON False
 
+    # K-Net SF-R18 beside the semantic SFNet-R18 in the same rounds
+    python projects/SFNet/benchmark.py --config-file configs/cityscapes/panoptic/knet_sfnet_R18.yaml \\
+        --beside configs/cityscapes/semantic/sfnet_R18.yaml --modes eager optimized MODEL.WEIGHTS ""
+
     # the training step (forward + loss + backward + update) beside the plain eager step
     python projects/SFNet/benchmark.py --train --config-file configs/demo/sfnet_lite_R18_demo.yaml \\
         --batch-size 4 --crop 256 512 --runs 3 --warmup 1 --threads 2
@@ -61,6 +65,10 @@ def get_parser():
     parser.add_argument("--accuracy-dataset", default=defaults.accuracy_dataset)
     parser.add_argument("--accuracy-images", type=int, default=defaults.accuracy_images,
                         help="images compared against eager (0 = no comparison)")
+    parser.add_argument("--beside", default="", metavar="FILE",
+                        help="another config timed in the same rounds (random weights), e.g. "
+                        "the semantic model beside a panoptic one; its ratios are printed")
+    parser.add_argument("--beside-modes", nargs="+", default=list(defaults.beside_modes))
     parser.add_argument("--process-peak-runs", type=int, default=defaults.process_peak_runs,
                         help="whole-process peak RSS: a fresh process per mode builds the model "
                         "and runs --warmup + N images (0 = not measured)")
@@ -84,7 +92,8 @@ def main(argv=None):
         runs=args.runs, warmup=args.warmup, threads=args.threads, device=args.device,
         gemm_size=0 if args.no_gemm else args.gemm_size, flops=not args.no_flops,
         accuracy_dataset=args.accuracy_dataset, accuracy_images=args.accuracy_images,
-        process_peak_runs=args.process_peak_runs)
+        process_peak_runs=args.process_peak_runs, beside_config=args.beside,
+        beside_modes=tuple(args.beside_modes))
     cfg = build_config(args.config_file, args.opts)
     if args.train:
         return _train_main(args, cfg)

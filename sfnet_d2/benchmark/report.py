@@ -110,6 +110,9 @@ def format_report(report: Dict[str, object]) -> str:
                      f"{acc['pixels']} pixels")
     if report["accuracy_note"]:
         lines.append(f"accuracy data: {report['accuracy_note']}")
+    for key, ratio in (report.get("vs_beside") or {}).items():
+        lines.append(f"{key} vs {report['beside_config']} (same rounds): {ratio['wall']:.2f}x "
+                     f"wall, {ratio['cpu']:.2f}x CPU time")
     lines += _process_peak_lines(report)
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ machine's fp32 convolution throughput and each model's FLOP bound (2 * fvcore GM
 throughput).
 """
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -64,6 +65,7 @@ __all__ = ["BenchmarkSettings", "run_benchmark", "ALL_MODES", "DEFAULT_MODES", "
 
 logger = logging.getLogger(__name__)
 
+BESIDE_SEPARATOR = ":"  # task names of the --beside config: "<config name>:<mode>/<phase>"
 ALL_MODES = ("eager", "eager-kept-memory", "optimized-eager", "optimized", "bf16", "fp16")
 DEFAULT_MODES = ("eager", "eager-kept-memory", "optimized", "bf16", "fp16")
 PHASES = ("network", "end_to_end")
@@ -87,6 +89,10 @@ class BenchmarkSettings:
     # images run after ``warmup`` by the whole-process peak measurement (process_peak.py: a
     # fresh process per mode; CPU, Linux); 0 = not measured
     process_peak_runs: int = 5
+    # another config timed in the same rounds (e.g. the semantic model beside a panoptic one
+    # with the same backbone), random weights, in ``beside_modes``; "" = none
+    beside_config: str = ""
+    beside_modes: Sequence[str] = ("optimized",)
 
     def check(self):
         unknown = [m for m in self.modes if m not in ALL_MODES]
@@ -284,17 +290,21 @@ def compare_with_eager(modes: List[Mode], images) -> Dict[str, Dict[str, float]]
     return out
 
 
-def _time_tasks(cfg, settings: BenchmarkSettings, modes: List[Mode], model, device):
-    """Round robin over every (mode, phase) task and the GEMM reference: per task its summary and
-    peak memory; the GEMM's multiply-adds; whether eager ran in a worker process."""
+def _time_tasks(cfg, settings: BenchmarkSettings, modes: List[Mode], model, device,
+                beside: Sequence[Mode] = ()):
+    """Round robin over every (mode, phase) task, the ``beside`` config's modes and the GEMM
+    reference: per task its summary and peak memory; the GEMM's multiply-adds; whether eager ran
+    in a worker process."""
     height, width = settings.input_size
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
     net_input = network_input(model, image)
     tasks = {}
-    for mode in modes:
+    for mode in list(modes) + list(beside):
+        # the beside model pads by its own rule
+        inputs = net_input if mode in modes else network_input(mode.model, image)
         if "network" in settings.phases and mode.network is not None:
-            tasks[f"{mode.name}/network"] = (lambda m=mode: m.run(m.network, net_input))
+            tasks[f"{mode.name}/network"] = (lambda m=mode, x=inputs: m.run(m.network, x))
         if "end_to_end" in settings.phases:
             tasks[f"{mode.name}/end_to_end"] = (lambda m=mode: m.run(end_to_end, m.model, image))
     isolated = _isolate_eager(cfg, modes, tasks, device, net_input, image)
@@ -330,7 +340,10 @@ def _add_ratios(results: Dict, gmacs: Optional[float], gemm_macs: Optional[int])
     for name, res in results.items():
         if name == GEMM:
             continue
-        _, phase = name.split("/")
+        mode, phase = name.split("/")
+        if BESIDE_SEPARATOR in mode:  # the other config: not a ratio to this model's figures
+            res["speedup_vs_eager"] = None
+            continue
         base = results.get(f"eager/{phase}")
         res["speedup_vs_eager"] = base["median_s"] / res["median_s"] if base else None
         if gmacs is not None and throughput is not None:
@@ -340,6 +353,40 @@ def _add_ratios(results: Dict, gmacs: Optional[float], gemm_macs: Optional[int])
             res["cpu_measured_over_bound"] = (
                 res["median_cpu_s"] / flop_bound_seconds(gmacs, throughput_cpu))
     return throughput, throughput_cpu
+
+
+def _beside_modes(cfg, settings: BenchmarkSettings, device) -> Tuple[List[Mode], str]:
+    """The modes of ``settings.beside_config`` (random weights: the speed is the same), named
+    ``<config name>:<mode>``, and that config's name."""
+    from sfnet_d2.engine import build_config
+
+    if not settings.beside_config:
+        return [], ""
+    label = os.path.splitext(os.path.basename(settings.beside_config))[0]
+    beside_cfg = build_config(settings.beside_config,
+                              ["MODEL.WEIGHTS", "random", "MODEL.DEVICE", str(device)])
+    beside_model = build_model_with_weights(beside_cfg, purpose="the --beside config",
+                                            required=False)
+    modes, skipped = build_modes(beside_cfg, beside_model, settings.beside_modes, device)
+    for name, reason in skipped.items():
+        logger.warning(f"Skipping mode {name} of {label}: {reason}")
+    for mode in modes:
+        mode.name = f"{label}{BESIDE_SEPARATOR}{mode.name}"
+    return modes, label
+
+
+def _beside_ratios(results: Dict, label: str) -> Dict[str, Dict[str, float]]:
+    """This config's median over the beside config's, per mode and phase both have."""
+    ratios = {}
+    prefix = label + BESIDE_SEPARATOR
+    for name, res in results.items():
+        if not name.startswith(prefix):
+            continue
+        mine = results.get(name[len(prefix):])
+        if mine:
+            ratios[name[len(prefix):]] = {"wall": mine["median_s"] / res["median_s"],
+                                          "cpu": mine["median_cpu_s"] / res["median_cpu_s"]}
+    return ratios
 
 
 def _process_peaks(cfg, settings: BenchmarkSettings, modes: List[Mode], device):
@@ -384,7 +431,8 @@ def run_benchmark(cfg, settings: BenchmarkSettings = None, *, config_file: str =
     for name, reason in skipped.items():
         logger.warning(f"Skipping mode {name}: {reason}")
 
-    results, gemm_macs, eager_isolated = _time_tasks(cfg, settings, modes, model, device)
+    beside, beside_label = _beside_modes(cfg, settings, device)
+    results, gemm_macs, eager_isolated = _time_tasks(cfg, settings, modes, model, device, beside)
     gmacs = None
     if settings.flops and network_of(model) is not None:
         gmacs = count_network_flops(model, height, width).total() / 1e9
@@ -426,6 +474,9 @@ def run_benchmark(cfg, settings: BenchmarkSettings = None, *, config_file: str =
         "results": results,
         "accuracy_vs_eager": accuracy,
         "accuracy_note": accuracy_note,
+        # --beside: the other config, and this config's median / its median per mode and phase
+        "beside_config": settings.beside_config or None,
+        "vs_beside": _beside_ratios(results, beside_label) if beside_label else {},
         # whole-process peak resident set per mode, each in a fresh process (process_peak.py)
         "process_peak": process_peaks,
         "process_peak_note": process_peak_note,
