@@ -10,8 +10,8 @@ chosen by the config (docs/TRAINING.md, "Training step and mixed precision"):
     (sfnet_d2/deployment/memory.py). A 4x256x512 SFNet-Lite step allocates activations and
     gradients of 32+ MiB that glibc maps afresh every step and the kernel zero-fills (about
     250,000 page faults per step);
-  - ``SOLVER.CPU.CHANNELS_LAST``: the model is trained in channels-last layout, where oneDNN's
-    convolutions, their backward and max pooling are about twice as fast as in NCHW.
+  - ``SOLVER.CPU.CHANNELS_LAST``: the model is trained in channels-last layout, oneDNN's native
+    one (no reorders to and from its blocked formats around each convolution).
 
 * mixed precision (``SOLVER.AMP.ENABLED``, ``SOLVER.AMP.PRECISION``): on CUDA with float16,
   detectron2's own ``AMPTrainer`` (autocast + GradScaler); with bfloat16 (CPU with native bf16,
