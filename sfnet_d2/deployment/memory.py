@@ -107,8 +107,9 @@ def kept_memory(enabled: bool = True):
         if not _trim_threshold_raised:
             libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
             _trim_threshold_raised = True
-            logger.info("Optimised inference keeps its working memory between calls "
-                        "(DEPLOY.KEEP_MEMORY; docs/BENCHMARK.md)")
+            logger.info("Large blocks now come from a heap kept between calls, for the "
+                        "optimised inference (DEPLOY.KEEP_MEMORY) or the training step "
+                        "(SOLVER.CPU.KEEP_MEMORY); docs/BENCHMARK.md")
         if _depth == 0:
             libc.mallopt(_M_MMAP_MAX, 0)
         _depth += 1
