@@ -7,6 +7,7 @@ path). Fixtures live in conftest.py.
   YAML file through the library's ``build_config``, cached);
 * config headers and the model zoo table: ``config_header``, ``model_zoo_rows``,
   ``model_zoo_text``;
+* ``randomize_norms``: non-trivial BatchNorm statistics and affine parameters (folding tests);
 * ``tiny_knet_cfg``: a K-Net small enough to run a forward and backward in a test;
 * ``reference_ohem_keep_mask`` / ``reference_ohem_cross_entropy``: the OHEM before the
   count-first threshold, the reference the library's must match bit for bit;
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
 from PIL import Image
+from torch import nn
 
 from sfnet_d2 import add_sfnet_config
 from sfnet_d2.data.datasets.label_mapping import load_label_mapping
@@ -102,6 +105,21 @@ def tiny_knet_cfg(dataset="cityscapes_fine_panoptic_train", **overrides):
     for k, v in overrides.items():
         opts += [k, v]
     return make_cfg("configs/coco/panoptic/knet_sfnet_STDC1.yaml", opts)
+
+
+# ---------------------------------------------------------------- models
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, so that folding is really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.25)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
+    return model
 
 
 # ---------------------------------------------------------------- OHEM reference

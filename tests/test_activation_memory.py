@@ -6,12 +6,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import make_cfg
+from helpers import make_cfg, randomize_norms
 from sfnet_d2.deployment import optimize_model
 from sfnet_d2.deployment.activation_memory import (
     BandedConvChain,
@@ -25,22 +23,9 @@ from sfnet_d2.modeling.backbone.deep_stem_resnet import DeepStem
 CONFIGS = "configs/cityscapes/semantic/"
 
 
-def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.25)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-    return model
-
-
 def _folded_stem(seed=0):
     torch.manual_seed(seed)
-    stem = _randomize_norms(DeepStem(norm="BN"), seed).eval()
+    stem = randomize_norms(DeepStem(norm="BN"), seed).eval()
     fold_batchnorm(stem)
     return stem
 
@@ -124,7 +109,7 @@ def test_banded_stem_refuses_unfolded_norms():
                                     "sfnet_lite_STDC1.yaml"])
 def test_partwise_fusion_head_equals_the_head(config):
     torch.manual_seed(0)
-    model = _randomize_norms(build_model(make_cfg(CONFIGS + config))).eval()
+    model = randomize_norms(build_model(make_cfg(CONFIGS + config))).eval()
     strip_training_only_modules(model)
     fold_batchnorm(model)
     head = model.sem_seg_head
@@ -178,7 +163,7 @@ def test_robustnet_stem_with_instance_norm_is_not_banded():
 @pytest.mark.parametrize("low_memory", [True, False])
 def test_optimized_model_low_memory_switch(low_memory):
     torch.manual_seed(0)
-    model = _randomize_norms(build_model(make_cfg(CONFIGS + "sfnet_R18.yaml"))).eval()
+    model = randomize_norms(build_model(make_cfg(CONFIGS + "sfnet_R18.yaml"))).eval()
     optimized = optimize_model(model, torchscript="freeze", low_memory=low_memory)
     network = optimized.network
     assert isinstance(network.backbone.stem, BandedConvChain) == low_memory
@@ -197,7 +182,7 @@ def test_knet_gets_the_banded_stem_and_the_same_panoptic_result():
         "MODEL.KNET.NUM_PROPOSALS", 6, "MODEL.KNET.FEAT_CHANNELS", 32, "MODEL.KNET.NUM_HEADS", 4,
         "MODEL.KNET.FFN_CHANNELS", 64, "MODEL.KNET.NUM_STAGES", 2,
         "MODEL.KNET.STAGE_LOSS_WEIGHTS", [1.0, 1.0], "DATASETS.TEST", ()])
-    model = _randomize_norms(build_model(cfg)).eval()
+    model = randomize_norms(build_model(cfg)).eval()
     low = optimize_model(model, torchscript="none", low_memory=True)
     plain = optimize_model(model, torchscript="none", low_memory=False)
     assert isinstance(low.network.model.backbone.stem, BandedConvChain)

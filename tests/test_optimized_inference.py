@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from torch import nn
 
-from helpers import make_cfg
+from helpers import make_cfg, randomize_norms
 from sfnet_d2.deployment.static_pooling import StaticAdaptiveAvgPool2d
 from sfnet_d2.deployment import (
     OptimizedSemanticSegmentor,
@@ -26,20 +26,6 @@ from sfnet_d2.modeling.alignment.flow_alignment import _base_grid, flow_warp
 CONFIGS = "configs/cityscapes/semantic/"
 
 
-def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so that folding is really tested."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.25)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-    return model
-
-
 # ------------------------------------------------------------------------------ module rewrites
 def test_fold_batchnorm_detectron2_conv_sequential_frozen_and_grouped():
     torch.manual_seed(0)
@@ -49,7 +35,7 @@ def test_fold_batchnorm_detectron2_conv_sequential_frozen_and_grouped():
         nn.BatchNorm2d(8),
         Conv2d(8, 6, 1, bias=True, norm=FrozenBatchNorm2d(6)),
     )
-    _randomize_norms(model).eval()
+    randomize_norms(model).eval()
     x = torch.randn(2, 3, 9, 11)
     expected = model(x)
     assert fold_batchnorm(model) == 3
@@ -155,7 +141,7 @@ def test_tracing_does_not_use_the_cache():
 # ------------------------------------------------------------------------------ optimised model
 def _eager_and_optimized(config, opts=(), **kwargs):
     torch.manual_seed(0)
-    model = _randomize_norms(build_model(make_cfg(CONFIGS + config, opts))).eval()
+    model = randomize_norms(build_model(make_cfg(CONFIGS + config, opts))).eval()
     return model, optimize_model(model, **kwargs)
 
 

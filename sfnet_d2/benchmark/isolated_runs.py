@@ -18,7 +18,7 @@ from typing import Callable, Dict, NamedTuple, Tuple
 
 import torch
 
-__all__ = ["ExternalRun", "IsolatedTasks"]
+__all__ = ["ExternalRun", "IsolatedTasks", "stop_worker"]
 
 
 class ExternalRun(NamedTuple):
@@ -48,6 +48,20 @@ def _worker(conn, tasks: Dict[str, Tuple[Callable, tuple]], threads: int):
                     conn.send(("ok", peak_memory_of(lambda: fn(*args), torch.device("cpu"))))
             except Exception:  # reported to the caller, which raises it
                 conn.send(("error", traceback.format_exc()))
+
+
+def stop_worker(process, conn):
+    """Ask a benchmark worker process to end (``None`` over its pipe), kill it if it has not
+    within 30 s, close the pipe."""
+    if process.is_alive():
+        try:
+            conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+    conn.close()
 
 
 class _IsolatedTask:
@@ -101,15 +115,7 @@ class IsolatedTasks:
         return self._process.pid
 
     def close(self):
-        if self._process.is_alive():
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-            self._process.join(timeout=30)
-            if self._process.is_alive():
-                self._process.kill()
-        self._conn.close()
+        stop_worker(self._process, self._conn)
 
     def __enter__(self):
         return self

@@ -35,7 +35,7 @@ import numpy as np
 import psutil
 import torch
 
-from sfnet_d2.benchmark.isolated_runs import ExternalRun
+from sfnet_d2.benchmark.isolated_runs import ExternalRun, stop_worker
 from sfnet_d2.benchmark.report import machine_info
 from sfnet_d2.benchmark.timing import round_robin, summarize
 
@@ -192,15 +192,7 @@ class _PlainProcess:
         return self._request("report")
 
     def close(self):
-        if self._process.is_alive():
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-            self._process.join(timeout=30)
-            if self._process.is_alive():
-                self._process.kill()
-        self._conn.close()
+        stop_worker(self._process, self._conn)
 
 
 def _our_step(cfg, state_dict, batch, amp: bool):
