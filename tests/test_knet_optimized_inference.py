@@ -7,7 +7,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from helpers import tiny_knet_cfg
+from helpers import randomize_norms, tiny_knet_cfg
 from sfnet_d2.benchmark.timing import bf16_support
 from sfnet_d2.modeling.meta_arch.knet import KernelMasks, kernel_scores_and_labels
 from sfnet_d2.deployment import (
@@ -18,7 +18,7 @@ from sfnet_d2.deployment import (
     normalize_and_pad,
     optimize_model,
 )
-from test_optimized_inference import _randomize_norms
+
 
 # thresholds low enough that the random tiny model yields several thing and stuff segments
 RELAXED = {"MODEL.KNET.TEST.SEMANTIC_ON": True, "MODEL.KNET.TEST.INSTANCE_SCORE_THR": 0.0,
@@ -28,7 +28,7 @@ RELAXED = {"MODEL.KNET.TEST.SEMANTIC_ON": True, "MODEL.KNET.TEST.INSTANCE_SCORE_
 def _model(**overrides):
     torch.manual_seed(0)
     cfg = tiny_knet_cfg(**{**RELAXED, **overrides})
-    return cfg, _randomize_norms(build_model(cfg)).eval()
+    return cfg, randomize_norms(build_model(cfg)).eval()
 
 
 def _image(h, w, seed):
