@@ -60,15 +60,17 @@ def _compare_steps(cfg, batch):
     assert metrics.keys() == ref_metrics.keys()
     for k in metrics:
         if k.startswith("loss") or k == "total_loss":
-            assert metrics[k][0] == pytest.approx(ref_metrics[k][0], rel=1e-5, abs=1e-6), k
+            # float rounding only (measured up to 1.3e-5 relative: K-Net's rank loss)
+            assert metrics[k][0] == pytest.approx(ref_metrics[k][0], rel=1e-4, abs=1e-6), k
     assert grads.keys() == ref_grads.keys() and len(grads) > 20
     # Tolerance per tensor relative to its largest entry, floored by the model's largest
     # gradient: some gradients are zero in exact arithmetic (a conv bias before a BatchNorm) and
-    # are 1e-9 rounding noise in both layouts. Measured: at most 1.1e-3 (the PPM's 1x1-pooled
-    # branch, a BatchNorm over 2 values), 2e-4 for the stem (sums over every pixel in another
-    # order); an error in the step would be of order 1.
+    # are 1e-9 rounding noise in both layouts. Measured: 1.1e-3 to 7.5e-3 depending on the
+    # machine's load and oneDNN's kernel choice (the fuse convolution; the PPM's 1x1-pooled
+    # branch, a BatchNorm over 2 values, amplifies rounding), 2e-4 for the stem (sums over every
+    # pixel in another order); an error in the step would be of order 1.
     scale = max(float(g.abs().max()) for g in ref_grads.values())
-    tol = {n: 5e-3 * max(float(ref_grads[n].abs().max()), 1e-3 * scale) for n in grads}
+    tol = {n: 3e-2 * max(float(ref_grads[n].abs().max()), 1e-3 * scale) for n in grads}
     for n in grads:
         assert float((grads[n] - ref_grads[n]).abs().max()) <= tol[n], n
     for n in weights:
