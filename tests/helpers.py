@@ -7,6 +7,7 @@ path). Fixtures live in conftest.py.
   YAML file through the library's ``build_config``, cached);
 * config headers and the model zoo table: ``config_header``, ``model_zoo_rows``,
   ``model_zoo_text``;
+* ``semantic_training_batch``: random training records for a semantic step;
 * ``randomize_norms``: non-trivial BatchNorm statistics and affine parameters (folding tests);
 * ``tiny_knet_cfg``: a K-Net small enough to run a forward and backward in a test;
 * ``reference_ohem_keep_mask`` / ``reference_ohem_cross_entropy``: the OHEM before the
@@ -120,6 +121,19 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
     return model
+
+
+def semantic_training_batch(n=2, h=64, w=128, seed=0):
+    """``n`` random (image, ``sem_seg``) training records of (h, w), 10 % of the labels ignored
+    (255), as a semantic dataset mapper gives them."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        label = torch.randint(0, 19, (h, w), generator=g)
+        label[torch.rand(h, w, generator=g) < 0.1] = 255
+        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+                    "sem_seg": label})
+    return out
 
 
 # ---------------------------------------------------------------- OHEM reference

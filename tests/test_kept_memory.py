@@ -95,7 +95,8 @@ def test_user_malloc_settings_are_left_alone():
     assert min(result["faults"][1:]) > 0.8 * pages_per_call  # kept_memory did nothing
 
 
-def test_scope_is_reentrant_and_restores_the_limit(monkeypatch):
+def _fake_glibc(monkeypatch):
+    """A glibc stand-in for kept_memory: the list of its mallopt(param, value) calls."""
     calls = []
 
     class FakeLibc:
@@ -104,6 +105,11 @@ def test_scope_is_reentrant_and_restores_the_limit(monkeypatch):
             return 1
 
     monkeypatch.setattr(memory_module, "_glibc", lambda: FakeLibc())
+    return calls
+
+
+def test_scope_is_reentrant_and_restores_the_limit(monkeypatch):
+    calls = _fake_glibc(monkeypatch)
     monkeypatch.setattr(memory_module, "_trim_threshold_raised", False)
     with memory_module.kept_memory():
         with memory_module.kept_memory():
@@ -121,14 +127,7 @@ def test_scope_is_reentrant_and_restores_the_limit(monkeypatch):
 
 
 def test_paused_scope_maps_afresh_inside_kept_memory_only(monkeypatch):
-    calls = []
-
-    class FakeLibc:
-        def mallopt(self, param, value):
-            calls.append((param, value))
-            return 1
-
-    monkeypatch.setattr(memory_module, "_glibc", lambda: FakeLibc())
+    calls = _fake_glibc(monkeypatch)
     monkeypatch.setattr(memory_module, "_trim_threshold_raised", True)
     with memory_module.kept_memory_paused():  # not inside kept memory: nothing to pause
         pass

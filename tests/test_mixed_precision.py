@@ -10,7 +10,7 @@ import torch
 from detectron2.engine import AMPTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from helpers import make_cfg
+from helpers import make_cfg, semantic_training_batch
 
 import sfnet_d2.engine.train_step as train_step
 from sfnet_d2.engine.train_step import (SFNetTrainStep, build_train_step,
@@ -19,17 +19,6 @@ from sfnet_d2.engine.train_step import (SFNetTrainStep, build_train_step,
 CONFIG = "configs/cityscapes/semantic/sfnet_lite_R18.yaml"
 needs_bf16 = pytest.mark.skipif(train_step._cpu_bf16_problem() is not None,
                                 reason="this CPU has no native bfloat16")
-
-
-def _batch(n=2, h=64, w=128, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        label = torch.randint(0, 19, (h, w), generator=g)
-        label[torch.rand(h, w, generator=g) < 0.1] = 255
-        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-                    "sem_seg": label})
-    return out
 
 
 def _options(*opts, device="cpu"):
@@ -53,7 +42,7 @@ def test_cpu_bf16_step_runs_and_its_loss_is_close_to_fp32():
     torch.manual_seed(0)
     model = build_model(make_cfg(CONFIG, ["MODEL.SFNET.OHEM_MIN_KEPT", 5000])).train()
     before = copy.deepcopy(model.state_dict())
-    batch = _batch()
+    batch = semantic_training_batch()
     cfg, fp32 = _options()
     _, loss32 = _one_step(cfg, fp32, copy.deepcopy(model), batch)
     cfg, bf16 = _options("SOLVER.AMP.ENABLED", True)

@@ -11,23 +11,12 @@ import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from helpers import make_cfg, tiny_knet_cfg
+from helpers import make_cfg, semantic_training_batch, tiny_knet_cfg
 
 from sfnet_d2.engine.train_step import (SFNetTrainStep, build_train_step,
                                         prepare_model_for_training, train_step_options)
 
 CONFIG = "configs/cityscapes/semantic/sfnet_lite_R18.yaml"
-
-
-def _semantic_batch(n=2, h=64, w=128, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        label = torch.randint(0, 19, (h, w), generator=g)
-        label[torch.rand(h, w, generator=g) < 0.1] = 255
-        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-                    "sem_seg": label})
-    return out
 
 
 def _run(step_object):
@@ -86,7 +75,7 @@ def test_optimized_fp32_step_equals_the_plain_step_semantic(min_kept, deep_super
     # min_kept 5000 < 2*64*128*0.9 valid pixels: OHEM mines; DSN: a second loss term
     cfg = make_cfg(CONFIG, ["MODEL.SFNET.OHEM_MIN_KEPT", min_kept,
                             "MODEL.SFNET.DEEP_SUPERVISION", deep_supervision])
-    _compare_steps(cfg, _semantic_batch())
+    _compare_steps(cfg, semantic_training_batch())
 
 
 def test_optimized_fp32_step_equals_the_plain_step_knet():
