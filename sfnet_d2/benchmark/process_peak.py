@@ -24,9 +24,10 @@ Processes run one after the other, never beside each other or the timed rounds. 
 import logging
 import multiprocessing
 import os
+import statistics
 import time
 import traceback
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 __all__ = ["process_status_gib", "measure_process_peak", "measure_process_peaks"]
 
@@ -47,12 +48,6 @@ def process_status_gib() -> Dict[str, float]:
     except OSError:
         pass
     return out
-
-
-def _median(values: List[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def _worker(conn, cfg_text: str, mode: str, size: Tuple[int, int], warmup: int, runs: int,
@@ -106,8 +101,8 @@ def _measure_here(cfg_text, mode, size, warmup, runs, threads):
         "rss_after_import_gib": after_import.get("VmRSS"),
         "rss_after_build_gib": after_build.get("VmRSS"),
         "rss_at_end_gib": end.get("VmRSS"),
-        "median_s": _median(wall),
-        "median_cpu_s": _median(cpu),
+        "median_s": statistics.median(wall),
+        "median_cpu_s": statistics.median(cpu),
         "warmup": warmup,
         "runs": runs,
     }
