@@ -369,6 +369,8 @@ def test_process_peak_settings_and_status_parsing(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="--process-peak-runs -1"):
         BenchmarkSettings(process_peak_runs=-1).check()
+    with pytest.raises(ValueError, match="--beside configs/nope.yaml: no such config file"):
+        BenchmarkSettings(beside_config="configs/nope.yaml").check()
     status = tmp_path / "status"
     status.write_text("Name:\tpython\nVmHWM:\t 2097152 kB\nVmRSS:\t  524288 kB\nThreads:\t3\n")
     monkeypatch.setattr(process_peak, "_STATUS_FILE", str(status))

@@ -106,6 +106,8 @@ class BenchmarkSettings:
         if self.runs < 1:
             raise ValueError(f"--runs {self.runs}: time at least 1 run (for FLOPs and "
                              "parameters alone use projects/SFNet/analyze_model.py)")
+        if self.beside_config and not os.path.isfile(self.beside_config):
+            raise ValueError(f"--beside {self.beside_config}: no such config file")
         if self.process_peak_runs < 0:
             raise ValueError(f"--process-peak-runs {self.process_peak_runs}: expected 0 (off) "
                              "or more")
